@@ -1,0 +1,418 @@
+"""An httpx client for the ACE IoT API, built to its real behaviour (see shared/ace-api.md).
+
+- The cursor is computed here, never taken from the server (ACE's cursor repeats a page forever
+  when a page starts and ends inside one timestamp).
+- Reads are retried with exponential backoff + jitter inside a total time budget, on connection
+  and read errors, truncated or non-JSON bodies, 429 (Retry-After honoured) and 5xx; never on
+  400/401/403/404. ACE answers an invalid key with a 500: retried once, then reported as a key
+  problem.
+- The API key travels only in the Authorization header: it is never put in a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pyarrow as pa
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+)
+
+from vitals_pipeline.ace import wire
+from vitals_pipeline.ace.parse import WIRE_SCHEMA, Page, PageFormatError, parse_page
+
+log = logging.getLogger("vitals_pipeline.ace")
+
+INVALID_KEY_MESSAGE = "An unhandled exception occurred."
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# After this many truncated bodies in a row the page size is stepped down.
+TRUNCATIONS_BEFORE_SHRINK = 2
+
+
+class AceError(Exception):
+    """Something ACE answered (or failed to answer) that a retry will not fix."""
+
+
+class AceAuthError(AceError):
+    """Missing, invalid or expired API key."""
+
+
+class AceNotFoundError(AceError):
+    """Unknown site (ACE answers 403) or unknown point/route (404)."""
+
+
+class AceRequestError(AceError):
+    """ACE refused the request's parameters (400)."""
+
+
+class AceUnavailableError(AceError):
+    """Transient failures persisted through every retry within the time budget."""
+
+
+class AceProtocolError(AceError):
+    """ACE broke its own paging contract (e.g. the same page twice)."""
+
+
+class _Transient(Exception):
+    """One attempt failed in a way a retry may fix."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, truncated: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.truncated = truncated
+
+
+@dataclass
+class FetchStats:
+    """What talking to ACE cost for one fetch (becomes Dagster metadata)."""
+
+    pages: int = 0
+    requests: int = 0
+    retries: int = 0
+    api_seconds: float = 0.0
+    bytes: int = 0
+    page_size: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_attempts: int = 8
+    budget_seconds: float = 300.0
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def backoff_seconds(attempt: int, settings: RetrySettings, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2**(attempt-1))]."""
+    ceiling = min(settings.max_backoff, settings.initial_backoff * 2 ** max(0, attempt - 1))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class CursorTracker:
+    """The next cursor, computed from the rows seen rather than taken from ACE.
+
+    Rows sharing one time are ordered by name and unique per point, so the number of distinct
+    names seen so far at the newest time is exactly how many rows of that time to skip. Counting
+    distinct names (not rows) also survives a server that repeats a row across pages.
+    """
+
+    def __init__(self) -> None:
+        self._time: str | None = None
+        self._names: set[str] = set()
+
+    def advance(self, columns: pa.RecordBatch) -> wire.Cursor:
+        times = columns.column(1)
+        names = columns.column(0)
+        last = times[len(times) - 1].as_py()
+        if last != self._time:
+            self._time, self._names = last, set()
+        i = len(times) - 1
+        while i >= 0 and times[i].as_py() == last:
+            self._names.add(names[i].as_py())
+            i -= 1
+        return wire.Cursor(wire.parse_wire_time(last), len(self._names))
+
+
+class AceClient:
+    """A synchronous ACE API client. Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        page_size: int = wire.DEFAULT_PAGE_SIZE,
+        timeout: float = 60.0,
+        retry: RetrySettings | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        if not api_key:
+            raise AceAuthError(
+                "no ACE API key: set ACE_API_KEY to your ACE token (Flightdeck > API keys)"
+            )
+        self.page_size = wire.check_page_size(page_size)
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetrySettings()
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._http = httpx.Client(
+            base_url=self.base_url + "/",
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=True,
+        )
+
+    def __repr__(self) -> str:  # never show the key
+        return f"AceClient({self.base_url!r}, page_size={self.page_size})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AceClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _get(
+        self,
+        path: str,
+        params: dict | Callable[[], dict],
+        what: str,
+        stats: FetchStats,
+        parse: Callable[[bytes], object] = orjson.loads,
+    ):
+        """GET `path` with retries; `parse` turns the body into a result or raises PageFormatError.
+
+        `params` may be a callable so that an attempt after a page-size shrink asks for the
+        smaller size.
+        """
+        bad_key_seen = 0
+        truncations = 0
+
+        def attempt():
+            nonlocal bad_key_seen
+            query = params() if callable(params) else params
+            stats.requests += 1
+            started = time.perf_counter()
+            try:
+                response = self._http.get(path, params=query)
+                body = response.content
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                # RemoteProtocolError (body cut off mid-stream) is a TransportError too.
+                cut = isinstance(exc, httpx.RemoteProtocolError)
+                raise _Transient(
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                    truncated=cut,
+                ) from exc
+            finally:
+                stats.api_seconds += time.perf_counter() - started
+            stats.bytes += len(body)
+            status = response.status_code
+            if status == 200:
+                try:
+                    return parse(body)
+                except (PageFormatError, orjson.JSONDecodeError) as exc:
+                    raise _Transient(f"unreadable 200 body: {exc}", truncated=True) from exc
+            message = _message_of(body)
+            if status == 500 and message == INVALID_KEY_MESSAGE:
+                bad_key_seen += 1
+                if bad_key_seen >= 2:
+                    raise AceAuthError(
+                        f"ACE answered {what} with HTTP 500 '{INVALID_KEY_MESSAGE}' twice: this is "
+                        "how ACE answers an invalid or expired API key. Check ACE_API_KEY."
+                    )
+                raise _Transient("HTTP 500 (possibly an invalid API key)")
+            if status in RETRY_STATUSES:
+                raise _Transient(
+                    f"HTTP {status}", retry_after=parse_retry_after(response.headers.get("Retry-After"))
+                )
+            raise _classify(status, message, what)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = backoff_seconds(state.attempt_number, self.retry, self._rng)
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                delay = min(max(exc.retry_after, 0.0), self.retry.max_backoff * 2)
+            return delay
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal truncations
+            exc = state.outcome.exception()
+            stats.retries += 1
+            reason = exc.reason.split(":")[0] if isinstance(exc, _Transient) else type(exc).__name__
+            stats.retry_reasons[reason] = stats.retry_reasons.get(reason, 0) + 1
+            truncations = truncations + 1 if getattr(exc, "truncated", False) else 0
+            if truncations >= TRUNCATIONS_BEFORE_SHRINK:
+                smaller = wire.smaller_page_size(self.page_size)
+                if smaller is not None:
+                    log.warning(
+                        "%s: %d truncated responses in a row at page_size %d; stepping down to %d",
+                        what, truncations, self.page_size, smaller,
+                    )
+                    self.page_size = smaller
+                    stats.page_size = smaller
+                truncations = 0
+            log.info(
+                "%s: attempt %d failed (%s); retrying in %.1fs",
+                what, state.attempt_number, exc, state.upcoming_sleep,
+            )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retry.max_attempts)
+            | stop_after_delay(self.retry.budget_seconds),
+            wait=wait,
+            retry=retry_if_exception_type(_Transient),
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Transient as exc:
+            raise AceUnavailableError(
+                f"{what}: ACE did not answer usably after {stats.retries + 1} attempts within "
+                f"{self.retry.budget_seconds:.0f}s (last: {exc.reason}). Check ACE_API_URL "
+                f"({self.base_url}) and ACE's status, then re-run the window."
+            ) from None
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def site(self, site: str) -> dict:
+        return self._get(f"sites/{_segment(site)}", {}, f"site {site!r}", FetchStats())
+
+    def configured_points(self, site: str, per_page: int = 1000) -> list[dict]:
+        """Every point configured for collection at `site`, across all pages."""
+        wire.check_per_page(per_page)
+        points: list[dict] = []
+        page = 1
+        stats = FetchStats()
+        while True:
+            doc = self._get(
+                f"sites/{_segment(site)}/configured_points",
+                {"page": page, "per_page": per_page},
+                f"configured points of site {site!r} (page {page})",
+                stats,
+            )
+            items = doc.get("items") or []
+            points.extend(items)
+            pages = doc.get("pages")
+            if not items or len(items) < per_page or (pages is not None and page >= pages):
+                return points
+            page += 1
+
+    def iter_timeseries_pages(
+        self, site: str, start: datetime, end: datetime, stats: FetchStats | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Raw readings of `site` for [start, end), page by page, as wire columns.
+
+        Rows may include ones outside the window and duplicates (filtered later, once per run).
+        """
+        stats = stats if stats is not None else FetchStats()
+        stats.page_size = self.page_size
+        path = f"sites/{_segment(site)}/timeseries/paginated"
+        window = f"[{wire.format_wire_time(start)}, {wire.format_wire_time(end)})"
+        base = {
+            "start_time": wire.format_wire_time(start),
+            "end_time": wire.format_wire_time(end),
+            "raw_data": "true",
+        }
+        tracker = CursorTracker()
+        cursor: wire.Cursor | None = None
+        previous_signature = None
+        while True:
+            query = dict(base)
+            if cursor is not None:
+                query["cursor"] = cursor.encode()
+            page: Page = self._get(
+                path,
+                lambda q=query: {**q, "page_size": self.page_size},
+                f"timeseries of site {site!r} for {window} (page {stats.pages + 1})",
+                stats,
+                parse=parse_page,
+            )
+            if page.rows == 0:
+                return
+            signature = _signature(page.columns)
+            if signature == previous_signature:
+                raise AceProtocolError(
+                    f"timeseries of site {site!r} for {window}: ACE returned the same page twice "
+                    f"(cursor {cursor}); stopping rather than looping. Report it to ACE; a smaller "
+                    "ACE_PAGE_SIZE may avoid it."
+                )
+            previous_signature = signature
+            stats.pages += 1
+            yield page.columns
+            if not page.has_more:
+                return
+            cursor = tracker.advance(page.columns)
+
+    def fetch_timeseries(
+        self, site: str, start: datetime, end: datetime, stats: FetchStats | None = None
+    ) -> pa.Table:
+        """All raw readings of `site` for [start, end) as one wire table (WIRE_SCHEMA)."""
+        batches = list(self.iter_timeseries_pages(site, start, end, stats))
+        return pa.Table.from_batches(batches, schema=WIRE_SCHEMA)
+
+
+def _segment(name: str) -> str:
+    """Percent-encode a site or point name as ONE path segment (`/` -> %2F)."""
+    return quote(name, safe="")
+
+
+def _signature(columns: pa.RecordBatch) -> tuple:
+    n = columns.num_rows
+    names, times = columns.column(0), columns.column(1)
+    return (n, names[0].as_py(), times[0].as_py(), names[n - 1].as_py(), times[n - 1].as_py())
+
+
+def _message_of(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    message = doc.get("message")
+    errors = doc.get("errors")
+    if isinstance(errors, dict) and errors:
+        details = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        return f"{message} ({details})" if message else details
+    return message
+
+
+def _classify(status: int, message: str | None, what: str) -> AceError:
+    if status == 401:
+        return AceAuthError(
+            f"ACE refused {what} with HTTP 401 ({message or 'no message'}): the request carried no "
+            "usable Authorization header. Set ACE_API_KEY."
+        )
+    if status == 403:
+        return AceNotFoundError(
+            f"ACE answered {what} with HTTP 403: ACE says this for a site that does not exist or "
+            "that the key may not read. Check the site name in ACE_SITES."
+        )
+    if status == 404:
+        return AceNotFoundError(
+            f"ACE answered {what} with HTTP 404 ({message or 'not found'}). Check ACE_API_URL "
+            "(it should end in /api) and the names used."
+        )
+    if status == 400:
+        return AceRequestError(f"ACE refused {what} with HTTP 400: {message or ''}".rstrip())
+    return AceError(f"ACE answered {what} with HTTP {status}: {message or 'no message'}")

@@ -1,0 +1,207 @@
+"""ACE timeseries pages -> typed columns.
+
+A page arrives as JSON with every value a *string* (`"0.0"`, `"-24.8571"`, `"NaN"`, `null`, text)
+and every time a naive ISO string meaning UTC. Each page is turned into three Arrow string columns
+at once (so the run never holds a Python object per sample for long), and the run's pages are
+typed together: times to `timestamp[us]` (naive UTC, microseconds kept), values to float64 with a
+correctly rounded parser (Arrow's cast; `pandas.to_numeric` is not correctly rounded), the wire
+string kept in `raw_value` whenever it is not a finite number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC
+from operator import itemgetter
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# The columns one page yields, all strings as on the wire.
+WIRE_SCHEMA = pa.schema([("name", pa.string()), ("time", pa.string()), ("value", pa.string())])
+# The columns stored in DuckDB (the storage contract).
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("point", pa.string()),
+        ("ts", pa.timestamp("us")),
+        ("value", pa.float64()),
+        ("raw_value", pa.string()),
+    ]
+)
+
+# A finite decimal number as ACE writes them. NaN/inf/text fail it and stay in raw_value.
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+_name, _time, _value = itemgetter("name"), itemgetter("time"), itemgetter("value")
+
+
+class PageFormatError(ValueError):
+    """A 200 response whose body is not an ACE timeseries page (truncated or not JSON)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One parsed page: wire columns plus what the pagination loop needs."""
+
+    columns: pa.RecordBatch  # WIRE_SCHEMA
+    has_more: bool
+    server_cursor: str | None
+
+    @property
+    def rows(self) -> int:
+        return self.columns.num_rows
+
+
+def parse_page(body: bytes) -> Page:
+    """Parse one `timeseries/paginated` body into wire columns.
+
+    Raises PageFormatError for a body that is not JSON or not the page envelope: ACE cuts huge
+    pages off mid-stream, and a proxy may answer 200 with HTML.
+    """
+    try:
+        doc = orjson.loads(body)
+        samples = doc["point_samples"]
+        has_more = bool(doc.get("has_more"))
+        server_cursor = doc.get("next_cursor")
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        raise PageFormatError(
+            f"not an ACE timeseries page ({len(body)} bytes, starts {body[:40]!r}): {exc}"
+        ) from exc
+    if not isinstance(samples, list):
+        raise PageFormatError("point_samples is not a list")
+    try:
+        columns = pa.record_batch(
+            [
+                pa.array(list(map(_name, samples)), pa.string()),
+                pa.array(list(map(_time, samples)), pa.string()),
+                _value_strings(list(map(_value, samples))),
+            ],
+            schema=WIRE_SCHEMA,
+        )
+    except (KeyError, TypeError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PageFormatError(f"a sample lacks name/time/value or has the wrong type: {exc}") from exc
+    return Page(columns=columns, has_more=has_more, server_cursor=server_cursor)
+
+
+def _value_strings(values: list) -> pa.Array:
+    """Values are strings on the wire; tolerate JSON numbers too by rendering them exactly."""
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(
+            [v if v is None or isinstance(v, str) else repr(float(v)) for v in values], pa.string()
+        )
+
+
+def parse_times(times: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Wire times -> `timestamp[us]` naive UTC. A zone designator, if ACE ever sends one, is honoured."""
+    try:
+        return _chunked(pc.cast(times, pa.timestamp("us")))
+    except pa.ArrowInvalid:
+        pass
+    # Some strings carry a UTC designator: drop it (the value is UTC either way).
+    stripped = pc.replace_substring_regex(times, r"(Z|[+-]00:?00)$", "")
+    try:
+        return _chunked(pc.cast(stripped, pa.timestamp("us")))
+    except pa.ArrowInvalid:
+        pass
+    # Other offsets: rare enough for the slow path, exact for every form fromisoformat knows.
+    from vitals_pipeline.ace.wire import parse_wire_time
+
+    parsed = [
+        None if t is None else parse_wire_time(t).replace(tzinfo=None) for t in times.to_pylist()
+    ]
+    return _chunked(pa.array(parsed, pa.timestamp("us")))
+
+
+def parse_values(raw: pa.Array | pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """Wire value strings -> (value float64, raw_value string).
+
+    `value` is NULL for JSON null, NaN, +-inf and text; `raw_value` keeps the wire string exactly
+    when it did not parse to a finite number, else NULL. "0.0" is a reading, never missing.
+    """
+    trimmed = pc.utf8_trim_whitespace(raw)
+    numeric = pc.match_substring_regex(trimmed, _NUMBER)
+    value = pc.cast(pc.if_else(numeric, trimmed, pa.scalar(None, pa.string())), pa.float64())
+    # "1e999" matches the pattern but overflows to inf: not a finite reading.
+    value = pc.if_else(pc.is_finite(value), value, pa.scalar(None, pa.float64()))
+    raw_value = pc.if_else(pc.is_null(value), raw, pa.scalar(None, pa.string()))
+    return _chunked(value), _chunked(raw_value)
+
+
+def to_samples(wire: pa.Table) -> pa.Table:
+    """A run's wire columns (WIRE_SCHEMA) -> the stored sample columns (SAMPLE_SCHEMA)."""
+    value, raw_value = parse_values(wire.column("value"))
+    return pa.table(
+        [wire.column("name"), parse_times(wire.column("time")), value, raw_value],
+        schema=SAMPLE_SCHEMA,
+    )
+
+
+def _chunked(array: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    return array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
+
+
+# ---------------------------------------------------------------------------------------------
+# Point objects (configured_points) -> the `points` table.
+
+POINT_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("site", pa.string()),
+        ("device", pa.string()),
+        ("object_type", pa.string()),
+        ("unit", pa.string()),
+        ("point_type", pa.string()),
+        ("collect_enabled", pa.bool_()),
+        ("collect_interval", pa.int64()),
+        ("his_mode", pa.string()),
+        ("marker_tags", pa.list_(pa.string())),
+        ("kv_tags", pa.string()),
+        ("fetched_at", pa.timestamp("us")),
+    ]
+)
+_UNKNOWN_PROPERTY = "property: unknown-property"
+
+
+def point_unit(point: dict) -> str | None:
+    """The BACnet engineering-unit name of a point, or None when the device did not say.
+
+    ACE has no top-level unit: it is `bacnet_data.object_units`, where a property the device did
+    not answer reads "property: unknown-property"; some sites put it in kv_tags["unit"].
+    """
+    bacnet = point.get("bacnet_data") or {}
+    unit = bacnet.get("object_units")
+    if isinstance(unit, str) and unit and unit != _UNKNOWN_PROPERTY:
+        return unit
+    tagged = (point.get("kv_tags") or {}).get("unit")
+    return tagged if isinstance(tagged, str) and tagged else None
+
+
+def his_mode(point: dict) -> str:
+    """Haystack hisMode: `cov` points have irregular gaps by design; `sampled` ones an interval."""
+    tagged = (point.get("kv_tags") or {}).get("his_mode")
+    if tagged in ("cov", "sampled"):
+        return tagged
+    return "sampled" if point.get("collect_interval") else "cov"
+
+
+def points_table(points: list[dict], fetched_at) -> pa.Table:
+    """Configured point objects -> one row per point (POINT_SCHEMA)."""
+    naive = fetched_at.astimezone(UTC).replace(tzinfo=None) if fetched_at.tzinfo else fetched_at
+    rows = {
+        "name": [p["name"] for p in points],
+        "site": [p.get("site") for p in points],
+        "device": [(p.get("bacnet_data") or {}).get("device_name") for p in points],
+        "object_type": [(p.get("bacnet_data") or {}).get("object_type") for p in points],
+        "unit": [point_unit(p) for p in points],
+        "point_type": [p.get("point_type") for p in points],
+        "collect_enabled": [p.get("collect_enabled") for p in points],
+        "collect_interval": [p.get("collect_interval") for p in points],
+        "his_mode": [his_mode(p) for p in points],
+        "marker_tags": [list(p.get("marker_tags") or []) for p in points],
+        "kv_tags": [orjson.dumps(p.get("kv_tags") or {}).decode() for p in points],
+        "fetched_at": [naive] * len(points),
+    }
+    return pa.table(rows, schema=POINT_SCHEMA)

@@ -1,0 +1,159 @@
+"""The assets of one ACE site: its 5-minute timeseries partitions and its configured points.
+
+Thin Dagster wrappers: fetching is `ace.client`, parsing `ace.parse`, window rules `samples`,
+storing the IO manager. The asset key prefix is the site's schema name (lower-case, [a-z0-9_]),
+which Dagster requires of key components and which equals the site name for plain names.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pyarrow as pa
+
+from vitals_pipeline.ace.client import (
+    AceAuthError,
+    AceNotFoundError,
+    AceRequestError,
+    FetchStats,
+)
+from vitals_pipeline.ace.parse import points_table, to_samples
+from vitals_pipeline.config import Settings
+from vitals_pipeline.resources import AceResource
+from vitals_pipeline.samples import clean_window
+from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.windows import PARTITION_CRON, PARTITION_FMT, Window
+
+# Errors a retry cannot fix: fail the step at once, without the retry policy.
+_PERMANENT = (AceAuthError, AceNotFoundError, AceRequestError)
+
+# Transient API trouble that outlived the client's own retries gets two more tries a minute apart.
+STEP_RETRY = dg.RetryPolicy(
+    max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def five_minute_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule=PARTITION_CRON,
+        start=settings.partitions_start.strftime(PARTITION_FMT),
+        fmt=PARTITION_FMT,
+        timezone="UTC",
+    )
+
+
+def build_site_assets(site: str, settings: Settings) -> list[dg.AssetsDefinition]:
+    """`<site>/timeseries` and `<site>/points` for one ACE site."""
+    slug = schema_name(site)
+    partitions = five_minute_partitions(settings)
+
+    @dg.asset(
+        key=[slug, "timeseries"],
+        group_name=slug,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=STEP_RETRY,
+        pool="duckdb",
+        kinds={"duckdb"},
+        metadata={
+            "site": site,
+            "schema": slug,
+            "partition_expr": "ts",
+            "merge_keys": ["point", "ts"],
+        },
+        tags={"site": slug},
+    )
+    def timeseries(context: dg.AssetExecutionContext, ace: AceResource) -> pa.Table:
+        """Raw readings of every point of the site, one row per (point, ts), for the run's window.
+
+        One partition or a whole range in one run (single_run backfills): the window is the
+        run's whole time window. Zero readings are readings; NaN/null/text keep their wire string
+        in raw_value. Stored samples that a re-fetch lacks are kept.
+        """
+        tw = context.partition_time_window
+        window = Window(tw.start.astimezone(UTC), tw.end.astimezone(UTC))
+        stats = FetchStats()
+        try:
+            with ace.client() as client:
+                wire_rows = client.fetch_timeseries(site, window.start, window.end, stats)
+        except _PERMANENT as exc:
+            raise dg.Failure(
+                description=f"site {site!r}, window {window}: {exc}", allow_retries=False
+            ) from None
+        result = clean_window(to_samples(wire_rows), window)
+        del wire_rows
+        for key, figures in result.partitions.items():
+            context.add_asset_metadata(figures.as_metadata(), partition_key=key)
+        # Figures of the run as a whole (shared by the partitions it covered).
+        context.add_asset_metadata(
+            {
+                "run_partitions": window.partitions,
+                "run_samples": result.samples.num_rows,
+                "run_pages": stats.pages,
+                "run_requests": stats.requests,
+                "run_retries": stats.retries,
+                "run_api_seconds": round(stats.api_seconds, 3),
+                "run_bytes": stats.bytes,
+                "run_page_size": stats.page_size,
+            }
+        )
+        context.log.info(
+            f"site {site}: {result.samples.num_rows} samples for {window} in {stats.pages} pages "
+            f"({stats.retries} retries, {stats.api_seconds:.1f}s API, "
+            f"{result.duplicates_dropped} duplicates and {result.out_of_window_dropped} "
+            "out-of-window rows dropped)"
+        )
+        return result.samples
+
+    @dg.asset(
+        key=[slug, "points"],
+        group_name=slug,
+        retry_policy=STEP_RETRY,
+        pool="duckdb",
+        kinds={"duckdb"},
+        metadata={"site": site, "schema": slug, "merge_keys": ["name"]},
+        tags={"site": slug},
+    )
+    def points(context: dg.AssetExecutionContext, ace: AceResource) -> pa.Table:
+        """The site's configured points: unit (BACnet engineering unit), collect interval,
+        hisMode (sampled / cov), device, tags. Points no longer listed are kept."""
+        try:
+            with ace.client() as client:
+                configured = client.configured_points(site)
+        except _PERMANENT as exc:
+            raise dg.Failure(description=f"site {site!r}: {exc}", allow_retries=False) from None
+        table = points_table(configured, datetime.now(UTC))
+        units = table.column("unit")
+        context.add_output_metadata(
+            {
+                "points": table.num_rows,
+                "points_without_unit": units.null_count,
+                "points_without_interval": table.column("collect_interval").null_count,
+            }
+        )
+        return table
+
+    return [timeseries, points]
+
+
+def timeseries_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "timeseries"])
+
+
+def points_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "points"])
+
+
+def range_tags(first_key: str, last_key: str) -> dict[str, str]:
+    """Run tags that make one run cover partitions first..last (single_run backfill shape)."""
+    return {
+        "dagster/asset_partition_range_start": first_key,
+        "dagster/asset_partition_range_end": last_key,
+    }
+
+
+def window_keys(window: Window) -> tuple[str, str]:
+    keys = window.partition_keys()
+    return keys[0], keys[-1]
+

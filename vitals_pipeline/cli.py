@@ -1,0 +1,167 @@
+"""The `vitals` command: `simulate`, `demo`, `dev`, `status`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from vitals_pipeline.cli_simulate import simulate
+from vitals_pipeline.config import ConfigError
+
+DEMO_SITES = "demo_office,demo_lab"
+DEMO_KEY = "sim-key"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@click.group()
+def main() -> None:
+    """vitals-pipeline: ACE IoT building timeseries into DuckDB, every five minutes."""
+
+
+def ensure_dagster_home() -> Path:
+    """Make DAGSTER_HOME exist, with the shipped dagster.yaml, and initialise its storage.
+
+    Done once by one process before any run: several processes meeting a fresh SQLite instance
+    at once can race in Dagster's schema migration.
+    """
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    shipped = REPO_ROOT / "dagster.yaml"
+    if shipped.exists() and not (home / "dagster.yaml").exists():
+        shutil.copy(shipped, home / "dagster.yaml")
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        instance.upgrade()
+    return home
+
+
+@main.command()
+@click.option("--hours", default=2.0, show_default=True, help="How much recent history to load.")
+@click.option("--sites", default=DEMO_SITES, show_default=True, help="Simulated site names.")
+@click.option("--points", default=150, show_default=True, help="Points per simulated site.")
+def demo(hours: float, sites: str, points: int) -> None:
+    """Start the built-in ACE simulator and load the last HOURS of its sites into DuckDB."""
+    import dagster as dg
+
+    from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
+    from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key, window_keys
+    from vitals_pipeline.config import Settings
+    from vitals_pipeline.definitions import build_definitions
+    from vitals_pipeline.storage.summary import summarize
+    from vitals_pipeline.windows import Window, floor_to_partition
+
+    home = ensure_dagster_home()
+    names = [s.strip() for s in sites.split(",") if s.strip()]
+    sim = Simulator(
+        SimulatorConfig(sites=[SiteSpec(n, points=points, seed=i) for i, n in enumerate(names)], api_key=DEMO_KEY)
+    )
+    now = datetime.now(UTC)
+    end = floor_to_partition(now)
+    window = Window(end - timedelta(hours=hours), end)
+    with SimulatorServer(sim) as server:
+        click.echo(f"ACE simulator on {server.url} serving {len(names)} sites x {points} points")
+        os.environ.update(
+            {
+                "ACE_API_URL": server.url,
+                "ACE_API_KEY": DEMO_KEY,
+                "ACE_SITES": ",".join(names),
+            }
+        )
+        os.environ.setdefault(
+            "VITALS_PARTITIONS_START", (end - timedelta(days=1)).strftime("%Y-%m-%d-00:00")
+        )
+        try:
+            settings = Settings.from_env()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        defs = build_definitions(settings)
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        with dg.DagsterInstance.get() as instance:
+            click.echo("Loading configured points ...")
+            job = defs.resolve_implicit_global_asset_job_def()
+            first, last = window_keys(window)
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=[points_key(s) for s in names],
+                run_config=quiet,
+                raise_on_error=False,
+            )
+            _require_success(result, "points")
+            click.echo(f"Loading {window} ({window.partitions} partitions) in one run ...")
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=[timeseries_key(s) for s in names],
+                tags=range_tags(first, last),
+                run_config=quiet,
+                raise_on_error=False,
+            )
+            _require_success(result, "timeseries")
+            run_id = result.run_id
+    click.echo("")
+    for line in summarize(settings.duckdb_path, names):
+        click.echo(line)
+    click.echo("")
+    click.echo(f"Run {run_id} is recorded in DAGSTER_HOME={home}.")
+    click.echo("Open the Dagster UI on the same instance: make dev  (then http://127.0.0.1:3000)")
+
+
+def _require_success(result, what: str) -> None:
+    if result.success:
+        return
+    messages = [
+        e.event_specific_data.error.message.strip()
+        for e in result.all_events
+        if e.is_step_failure and e.event_specific_data and e.event_specific_data.error
+    ]
+    raise click.ClickException(f"the {what} run failed: " + (" | ".join(messages) or "see the run's logs"))
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
+@click.option("--sim-port", default=8765, show_default=True, help="ACE simulator port.")
+@click.option("--sites", default=DEMO_SITES, show_default=True)
+def dev(port: int, sim_port: int, sites: str) -> None:
+    """The Dagster UI (webserver + daemon) on the built-in simulator, with a persistent DAGSTER_HOME."""
+    home = ensure_dagster_home()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "vitals_pipeline.cli", "simulate", "--port", str(sim_port), "--sites", sites],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = sim.stdout.readline().strip() if sim.stdout else ""
+        if "listening on" not in line:
+            raise click.ClickException(f"the simulator did not start: {line or 'no output'}")
+        url = line.rsplit(" ", 1)[-1]
+        env = {
+            **os.environ,
+            "ACE_API_URL": url,
+            "ACE_API_KEY": DEMO_KEY,
+            "ACE_SITES": sites,
+            "DAGSTER_HOME": str(home),
+        }
+        click.echo(f"{line}\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C stops both)")
+        subprocess.run(
+            [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "vitals_pipeline.definitions", "-p", str(port)],
+            env=env,
+            check=False,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+
+
+main.add_command(simulate)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The pipeline's settings, read once from the environment and checked up front.
+
+Every error here names the variable, what was wrong and what to set instead. The API key is not
+a setting of this object: it is read by the ACE resource when a run starts (EnvVar), so that
+definitions load without it and it is never copied into anything that gets displayed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from vitals_pipeline.ace import wire
+from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.windows import PARTITION_FMT, floor_to_partition
+
+DEFAULT_API_URL = "https://flightdeck.aceiot.cloud/api"
+DEFAULT_DUCKDB_PATH = "data/vitals.duckdb"
+DEFAULT_LOOKBACK_MINUTES = 10
+# Without VITALS_PARTITIONS_START the partitions begin this long before today (UTC midnight).
+DEFAULT_HISTORY_DAYS = 7
+_SITE = re.compile(r"^[^\s,][^,]*$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_url: str
+    sites: tuple[str, ...]
+    page_size: int
+    duckdb_path: str
+    partitions_start: datetime  # aware UTC, on a 5-minute boundary
+    lookback_minutes: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, now: datetime | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        now = now or datetime.now(UTC)
+        return cls(
+            api_url=parse_api_url(env.get("ACE_API_URL") or DEFAULT_API_URL),
+            sites=parse_sites(env.get("ACE_SITES", "")),
+            page_size=parse_page_size(env.get("ACE_PAGE_SIZE")),
+            duckdb_path=env.get("VITALS_DUCKDB_PATH") or DEFAULT_DUCKDB_PATH,
+            partitions_start=parse_partitions_start(env.get("VITALS_PARTITIONS_START"), now),
+            lookback_minutes=parse_lookback(env.get("VITALS_LOOKBACK_MINUTES")),
+        )
+
+
+def parse_api_url(value: str) -> str:
+    url = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(
+            f"ACE_API_URL={value!r} is not an http(s) URL; expected e.g. {DEFAULT_API_URL}"
+        )
+    return url
+
+
+def parse_sites(value: str) -> tuple[str, ...]:
+    """`ACE_SITES`: comma-separated site names, at least one, no two mapping to one schema."""
+    if not value.strip():
+        raise ConfigError(
+            "ACE_SITES is not set: set it to the comma-separated ACE site names to collect, "
+            "e.g. ACE_SITES=demo_office,demo_lab"
+        )
+    sites = tuple(s.strip() for s in value.split(","))
+    if any(not s for s in sites):
+        raise ConfigError(f"ACE_SITES={value!r} has an empty name (a stray comma?)")
+    for site in sites:
+        if not _SITE.match(site) or not schema_name(site).strip("_"):
+            raise ConfigError(f"ACE_SITES: {site!r} is not a usable site name")
+    seen: dict[str, str] = {}
+    for site in sites:
+        schema = schema_name(site)
+        if schema in seen:
+            raise ConfigError(
+                f"ACE_SITES: {seen[schema]!r} and {site!r} both map to the DuckDB schema and asset "
+                f"prefix {schema!r}; list each site once"
+            )
+        seen[schema] = site
+    return sites
+
+
+def parse_page_size(value: str | None) -> int:
+    if value is None or not value.strip():
+        return wire.DEFAULT_PAGE_SIZE
+    try:
+        size = int(value)
+    except ValueError:
+        raise ConfigError(f"ACE_PAGE_SIZE={value!r} is not a whole number") from None
+    try:
+        return wire.check_page_size(size)
+    except wire.PageSizeError as exc:
+        raise ConfigError(f"ACE_PAGE_SIZE: {exc}") from None
+
+
+def parse_partitions_start(value: str | None, now: datetime) -> datetime:
+    if value is None or not value.strip():
+        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return today - timedelta(days=DEFAULT_HISTORY_DAYS)
+    try:
+        start = datetime.strptime(value.strip(), PARTITION_FMT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ConfigError(
+            f"VITALS_PARTITIONS_START={value!r} is not YYYY-MM-DD-HH:MM (UTC), e.g. 2026-01-01-00:00"
+        ) from None
+    if start != floor_to_partition(start):
+        raise ConfigError(f"VITALS_PARTITIONS_START={value!r} is not on a 5-minute boundary")
+    if start > now:
+        raise ConfigError(
+            f"VITALS_PARTITIONS_START={value!r} is in the future (now {now:%Y-%m-%d-%H:%M} UTC): "
+            "no partition would exist yet; set a start in the past"
+        )
+    return start
+
+
+def parse_lookback(value: str | None) -> int:
+    if value is None or not value.strip():
+        return DEFAULT_LOOKBACK_MINUTES
+    try:
+        minutes = int(value)
+    except ValueError:
+        raise ConfigError(f"VITALS_LOOKBACK_MINUTES={value!r} is not a whole number") from None
+    if minutes < 0 or minutes % 5:
+        raise ConfigError(
+            f"VITALS_LOOKBACK_MINUTES={value!r} must be a non-negative multiple of 5 (partitions are 5 minutes)"
+        )
+    return minutes

@@ -1,0 +1,101 @@
+"""Wire strings -> typed columns: values, times, the page envelope."""
+
+from datetime import UTC, datetime
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vitals_pipeline.ace.parse import (
+    PageFormatError,
+    parse_page,
+    parse_times,
+    parse_values,
+    point_unit,
+    points_table,
+    to_samples,
+)
+
+
+def _values(strings):
+    value, raw = parse_values(pa.array(strings, pa.string()))
+    return value.to_pylist(), raw.to_pylist()
+
+
+def test_zero_is_a_reading_and_specials_keep_their_wire_string():
+    value, raw = _values(["0.0", "-24.8571", "NaN", "nan", None, "fault", "inf", "1e999", " 5 "])
+    assert value == [0.0, -24.8571, None, None, None, None, None, None, 5.0]
+    assert raw == [None, None, "NaN", "nan", None, "fault", "inf", "1e999", None]
+
+
+def test_seventeen_digit_values_are_correctly_rounded():
+    wide = ["1.6100000143051147", "72.30000305175781", "0.10000000149011612"]
+    assert _values(wide)[0] == [float(v) for v in wide]
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_value_parse_matches_python_float(x):
+    text = repr(x)
+    assert _values([text])[0] == [float(text)]
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_float32_widened_values_match_python_float(x):
+    text = repr(float(x))
+    assert _values([text])[0] == [float(text)]
+
+
+def test_times_are_naive_utc_with_microseconds():
+    ts = parse_times(pa.array(["2025-10-12T22:05:36.041315", "2025-10-12T22:05:36", "2025-10-12T22:05:36Z"]))
+    assert ts.type == pa.timestamp("us")
+    assert ts.to_pylist() == [
+        datetime(2025, 10, 12, 22, 5, 36, 41315),
+        datetime(2025, 10, 12, 22, 5, 36),
+        datetime(2025, 10, 12, 22, 5, 36),
+    ]
+
+
+def test_parse_page_reads_envelope_and_columns():
+    body = orjson.dumps(
+        {
+            "point_samples": [
+                {"name": "s/a", "value": "0.0", "time": "2025-10-12T14:50:36.055960"},
+                {"name": "s/b", "value": None, "time": "2025-10-12T14:50:36.055960"},
+                {"name": "s/c", "value": 3.5, "time": "2025-10-12T14:50:36.055960"},
+            ],
+            "next_cursor": "abc",
+            "has_more": True,
+        }
+    )
+    page = parse_page(body)
+    assert page.rows == 3 and page.has_more and page.server_cursor == "abc"
+    samples = to_samples(pa.Table.from_batches([page.columns]))
+    assert samples.column("value").to_pylist() == [0.0, None, 3.5]
+    assert samples.column("point").to_pylist() == ["s/a", "s/b", "s/c"]
+
+
+@pytest.mark.parametrize("body", [b'{"point_samples": [{"name": "a", "val', b"<html>Bad gateway</html>", b"{}"])
+def test_parse_page_rejects_truncated_or_foreign_bodies(body):
+    with pytest.raises(PageFormatError):
+        parse_page(body)
+
+
+def test_point_unit_prefers_bacnet_then_kv_tags():
+    assert point_unit({"bacnet_data": {"object_units": "degrees-fahrenheit"}}) == "degrees-fahrenheit"
+    assert point_unit({"bacnet_data": {"object_units": "property: unknown-property"}, "kv_tags": {"unit": "kW"}}) == "kW"
+    assert point_unit({"bacnet_data": {"object_units": "property: unknown-property"}}) is None
+
+
+def test_points_table_keeps_interval_and_his_mode():
+    table = points_table(
+        [
+            {"name": "p1", "site": "s", "collect_interval": 60, "bacnet_data": {"object_units": "percent"}},
+            {"name": "p2", "site": "s", "collect_interval": None, "kv_tags": {"his_mode": "cov"}},
+        ],
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert table.column("collect_interval").to_pylist() == [60, None]
+    assert table.column("his_mode").to_pylist() == ["sampled", "cov"]
+    assert table.column("unit").to_pylist() == ["percent", None]
