@@ -73,49 +73,49 @@ def clean_window(samples: pa.Table, window: Window) -> CleanResult:
         samples = samples.filter(pa.array(inside))
         ts_us = ts_us[inside]
 
+    codes, ranks = _point_codes(samples.column("point"))
     # ACE sends rows ordered by (time, name); sort only if a page broke that order.
-    if samples.num_rows > 1 and not _sorted_by_ts_point(ts_us, samples.column("point")):
-        order = pc.sort_indices(samples, sort_keys=[("ts", "ascending"), ("point", "ascending")])
-        samples = samples.take(order)
-        ts_us = ts_us[order.to_numpy()]
+    if samples.num_rows > 1 and not _sorted(ts_us, ranks):
+        order = np.lexsort((ranks, ts_us))
+        samples = samples.take(pa.array(order))
+        ts_us, codes, ranks = ts_us[order], codes[order], ranks[order]
 
     # Sorted, so duplicates are neighbours: drop a row when the next one has the same key.
     if samples.num_rows > 1:
-        points = samples.column("point")
-        same_next = (ts_us[:-1] == ts_us[1:]) & _equal_neighbours(points)
+        same_next = (ts_us[:-1] == ts_us[1:]) & (codes[:-1] == codes[1:])
         if same_next.any():
             keep = np.append(~same_next, True)
             dup_part = (ts_us[:-1][same_next] - lo) // _US_PER_PARTITION
             for idx, n in zip(*np.unique(dup_part, return_counts=True), strict=True):
                 figures[keys[int(idx)]].duplicates_dropped += int(n)
             samples = samples.filter(pa.array(keep))
-            ts_us = ts_us[keep]
+            ts_us, codes = ts_us[keep], codes[keep]
 
-    _count_per_partition(samples, ts_us, lo, keys, figures)
+    _count_per_partition(samples, ts_us, codes, lo, keys, figures)
     return CleanResult(samples=samples, partitions=figures)
 
 
-def _sorted_by_ts_point(ts_us: np.ndarray, points: pa.ChunkedArray) -> bool:
+def _point_codes(points: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(code, sort rank) of each row's point name, from a dictionary or a string column."""
+    flat = points.combine_chunks() if isinstance(points, pa.ChunkedArray) else points
+    if not pa.types.is_dictionary(flat.type):
+        flat = pc.dictionary_encode(flat)
+    codes = flat.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    rank_of_code = np.empty(len(flat.dictionary), np.int64)
+    rank_of_code[pc.sort_indices(flat.dictionary).to_numpy()] = np.arange(len(flat.dictionary))
+    return codes, rank_of_code[codes] if len(codes) else codes
+
+
+def _sorted(ts_us: np.ndarray, ranks: np.ndarray) -> bool:
     step = np.diff(ts_us)
     if (step < 0).any():
         return False
     ties = step == 0
-    if not ties.any():
-        return True
-    flat = points.combine_chunks() if isinstance(points, pa.ChunkedArray) else points
-    ordered = pc.less_equal(flat.slice(0, len(flat) - 1), flat.slice(1)).to_numpy(
-        zero_copy_only=False
-    )
-    return bool(ordered[ties].all())
-
-
-def _equal_neighbours(points: pa.ChunkedArray) -> np.ndarray:
-    flat = points.combine_chunks() if isinstance(points, pa.ChunkedArray) else points
-    return pc.equal(flat.slice(0, len(flat) - 1), flat.slice(1)).to_numpy(zero_copy_only=False)
+    return bool((np.diff(ranks)[ties] >= 0).all())
 
 
 def _count_per_partition(
-    samples: pa.Table, ts_us: np.ndarray, lo: int, keys: list[str], figures: dict
+    samples: pa.Table, ts_us: np.ndarray, codes: np.ndarray, lo: int, keys: list[str], figures: dict
 ) -> None:
     if not samples.num_rows:
         return
@@ -126,9 +126,8 @@ def _count_per_partition(
     null_per = np.bincount(part[null_mask], minlength=n)
     text_mask = pc.is_valid(samples.column("raw_value")).to_numpy(zero_copy_only=False)
     text_per = np.bincount(part[text_mask], minlength=n)
-    encoded = pc.dictionary_encode(samples.column("point").combine_chunks())
-    distinct = len(encoded.dictionary)
-    pairs = np.unique(part * distinct + encoded.indices.to_numpy(zero_copy_only=False))
+    distinct = int(codes.max()) + 1
+    pairs = np.unique(part * distinct + codes)
     points_per = np.bincount(pairs // distinct, minlength=n)
     for i, key in enumerate(keys):
         f = figures[key]
@@ -136,4 +135,3 @@ def _count_per_partition(
         f.points = int(points_per[i])
         f.null_values = int(null_per[i])
         f.non_numeric_values = int(text_per[i])
-

@@ -73,8 +73,8 @@ def parse_page(body: bytes) -> Page:
     try:
         columns = pa.record_batch(
             [
-                pa.array(list(map(_name, samples)), pa.string()),
-                pa.array(list(map(_time, samples)), pa.string()),
+                _strings(list(map(_name, samples))),
+                _strings(list(map(_time, samples))),
                 _value_strings(list(map(_value, samples))),
             ],
             schema=WIRE_SCHEMA,
@@ -84,10 +84,21 @@ def parse_page(body: bytes) -> Page:
     return Page(columns=columns, has_more=has_more, server_cursor=server_cursor)
 
 
+def _strings(values: list) -> pa.Array:
+    # Letting Arrow infer the type is ~15x faster than pa.array(values, pa.string()) (measured:
+    # 5 ms vs 77 ms for 50,000 names); anything but strings/None fails the type check below.
+    array = pa.array(values)
+    if array.type == pa.string():
+        return array
+    if array.type == pa.null():
+        return array.cast(pa.string())
+    raise pa.ArrowTypeError(f"expected strings, got {array.type}")
+
+
 def _value_strings(values: list) -> pa.Array:
     """Values are strings on the wire; tolerate JSON numbers too by rendering them exactly."""
     try:
-        return pa.array(values, pa.string())
+        return _strings(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return pa.array(
             [v if v is None or isinstance(v, str) else repr(float(v)) for v in values], pa.string()
@@ -121,22 +132,66 @@ def parse_values(raw: pa.Array | pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.C
     `value` is NULL for JSON null, NaN, +-inf and text; `raw_value` keeps the wire string exactly
     when it did not parse to a finite number, else NULL. "0.0" is a reading, never missing.
     """
-    trimmed = pc.utf8_trim_whitespace(raw)
-    numeric = pc.match_substring_regex(trimmed, _NUMBER)
-    value = pc.cast(pc.if_else(numeric, trimmed, pa.scalar(None, pa.string())), pa.float64())
-    # "1e999" matches the pattern but overflows to inf: not a finite reading.
+    chunks = raw.chunks if isinstance(raw, pa.ChunkedArray) else [raw]
+    value = pa.chunked_array([_numbers(chunk) for chunk in chunks], pa.float64())
+    # NaN and +-inf parse but are not readings; "1e999" overflows to inf.
     value = pc.if_else(pc.is_finite(value), value, pa.scalar(None, pa.float64()))
     raw_value = pc.if_else(pc.is_null(value), raw, pa.scalar(None, pa.string()))
     return _chunked(value), _chunked(raw_value)
 
 
-def to_samples(wire: pa.Table) -> pa.Table:
-    """A run's wire columns (WIRE_SCHEMA) -> the stored sample columns (SAMPLE_SCHEMA)."""
+def _numbers(chunk: pa.Array) -> pa.Array:
+    """Cast one chunk (one page) of value strings to float64, text -> NULL."""
+    try:
+        # Fast path (~40 ms per million): every string is a number, NaN or inf.
+        return pc.cast(chunk, pa.float64())
+    except pa.ArrowInvalid:
+        pass
+    # Some text in this page: only strings that look like numbers are cast.
+    trimmed = pc.utf8_trim_whitespace(chunk)
+    numeric = pc.match_substring_regex(trimmed, _NUMBER)
+    return pc.cast(pc.if_else(numeric, trimmed, pa.scalar(None, pa.string())), pa.float64())
+
+
+def to_samples(wire: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Wire columns (WIRE_SCHEMA) -> the stored sample columns (SAMPLE_SCHEMA)."""
     value, raw_value = parse_values(wire.column("value"))
     return pa.table(
         [wire.column("name"), parse_times(wire.column("time")), value, raw_value],
         schema=SAMPLE_SCHEMA,
     )
+
+
+# Per page, point names are dictionary-encoded (a page of 50,000 rows holds a few thousand
+# distinct names): a day of a big site then costs ~20 bytes a sample in memory instead of ~100.
+SAMPLE_BATCH_SCHEMA = pa.schema(
+    [
+        ("point", pa.dictionary(pa.int32(), pa.string())),
+        ("ts", pa.timestamp("us")),
+        ("value", pa.float64()),
+        ("raw_value", pa.string()),
+    ]
+)
+
+
+def to_sample_batch(wire: pa.RecordBatch) -> pa.RecordBatch:
+    """One page's wire columns -> typed sample columns, the wire strings released."""
+    value, raw_value = parse_values(wire.column("value"))
+    return pa.record_batch(
+        [
+            pc.dictionary_encode(wire.column("name")),
+            parse_times(wire.column("time")).combine_chunks(),
+            value.combine_chunks(),
+            raw_value.combine_chunks(),
+        ],
+        schema=SAMPLE_BATCH_SCHEMA,
+    )
+
+
+def combine_samples(batches: list[pa.RecordBatch]) -> pa.Table:
+    """A run's typed page batches -> one table, one chunk per column, one shared dictionary."""
+    table = pa.Table.from_batches(batches, schema=SAMPLE_BATCH_SCHEMA)
+    return table.unify_dictionaries().combine_chunks()
 
 
 def _chunked(array: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:

@@ -5,8 +5,6 @@ storing the IO manager. The asset key prefix is the site's schema name (lower-ca
 which Dagster requires of key components and which equals the site name for plain names.
 """
 
-from __future__ import annotations
-
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -18,7 +16,7 @@ from vitals_pipeline.ace.client import (
     AceRequestError,
     FetchStats,
 )
-from vitals_pipeline.ace.parse import points_table, to_samples
+from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_batch
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.samples import clean_window
@@ -76,13 +74,17 @@ def build_site_assets(site: str, settings: Settings) -> list[dg.AssetsDefinition
         stats = FetchStats()
         try:
             with ace.client() as client:
-                wire_rows = client.fetch_timeseries(site, window.start, window.end, stats)
+                # Each page is typed as it arrives, so its wire strings are freed at once.
+                batches = [
+                    to_sample_batch(page)
+                    for page in client.iter_timeseries_pages(site, window.start, window.end, stats)
+                ]
         except _PERMANENT as exc:
             raise dg.Failure(
                 description=f"site {site!r}, window {window}: {exc}", allow_retries=False
             ) from None
-        result = clean_window(to_samples(wire_rows), window)
-        del wire_rows
+        result = clean_window(combine_samples(batches), window)
+        del batches
         for key, figures in result.partitions.items():
             context.add_asset_metadata(figures.as_metadata(), partition_key=key)
         # Figures of the run as a whole (shared by the partitions it covered).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import duckdb
 
-from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.storage.schema import qualified_name, schema_name
 
 
 def site_figures(con: duckdb.DuckDBPyConnection, site: str) -> dict:
@@ -18,8 +18,10 @@ def site_figures(con: duckdb.DuckDBPyConnection, site: str) -> dict:
     ).fetchone()[0]
     if not exists:
         return {"site": site, "schema": schema, "samples": 0, "points": 0, "first_ts": None, "last_ts": None}
+    # Three-part name: a file whose stem equals the schema makes two-part names ambiguous.
+    table = qualified_name(con.execute("SELECT current_database()").fetchone()[0], schema, "timeseries")
     samples, points, first, last = con.execute(
-        f'SELECT count(*), count(DISTINCT point), min(ts), max(ts) FROM "{schema}".timeseries'
+        f"SELECT count(*), count(DISTINCT point), min(ts), max(ts) FROM {table}"
     ).fetchone()
     return {
         "site": site,

@@ -1,0 +1,204 @@
+"""The site assets through real Dagster runs: simulator over HTTP -> DuckDB file."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+
+import dagster as dg
+import duckdb
+import pytest
+
+from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key
+from vitals_pipeline.config import Settings
+from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline.windows import PARTITION, partition_start, window_for_keys
+from vitals_pipeline_tests.conftest import SIM_KEY, SITE
+
+KEY = "2026-03-09-10:00"
+
+
+def run(selection, *, partition_key=None, tags=None, instance=None):
+    defs = build_definitions(Settings.from_env())
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        asset_selection=selection,
+        partition_key=partition_key,
+        tags=tags,
+        raise_on_error=False,
+    )
+
+
+def stored(path, start=None, end=None):
+    with duckdb.connect(path, read_only=True) as con:
+        where, params = "", []
+        if start is not None:
+            where, params = "WHERE ts >= ? AND ts < ?", [start.replace(tzinfo=None), end.replace(tzinfo=None)]
+        return con.execute(
+            f"SELECT point, ts, value, raw_value FROM {SITE}.timeseries {where} ORDER BY ts, point", params
+        ).fetchall()
+
+
+def expected(sim, start, end):
+    """Ground truth typed the way the storage contract says, computed with Python's float()."""
+    rows = []
+    for name, t, v in sim.ground_truth(SITE, start, end):
+        ts = __import__("datetime").datetime.fromisoformat(t)
+        try:
+            number = float(v) if v is not None else None
+        except ValueError:
+            number = None
+        if number is not None and (number != number or number in (float("inf"), float("-inf"))):
+            number = None
+        rows.append((name, ts, number, v if number is None and v is not None else None))
+    return rows
+
+
+def materializations(instance, key, partition):
+    return instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=5
+    ).records
+
+
+def test_single_partition_matches_ground_truth(sim, pipeline_env):
+    sim.faults.text_points = 1  # a point that sends text: stored with value NULL, raw_value kept
+    result = run([timeseries_key(SITE)], partition_key=KEY)
+    assert result.success
+    start = partition_start(KEY)
+    rows = stored(pipeline_env["VITALS_DUCKDB_PATH"])
+    assert rows == expected(sim, start, start + PARTITION)
+    assert any(r[2] == 0.0 for r in rows), "zero readings must be stored"
+    assert any(r[2] is None and r[3] is not None for r in rows), "text keeps its wire string"
+
+
+def test_range_run_writes_each_partitions_own_metadata(sim, pipeline_env):
+    instance = dg.DagsterInstance.ephemeral()
+    first, last = "2026-03-09-10:00", "2026-03-09-11:55"
+    result = run([timeseries_key(SITE)], tags=range_tags(first, last), instance=instance)
+    assert result.success
+    window = window_for_keys(first, last)
+    assert stored(pipeline_env["VITALS_DUCKDB_PATH"]) == expected(sim, window.start, window.end)
+    counts = []
+    for key in window.partition_keys():
+        start = partition_start(key)
+        [record] = materializations(instance, timeseries_key(SITE), key)
+        meta = record.asset_materialization.metadata
+        assert meta["samples"].value == len(sim.ground_truth(SITE, start, start + PARTITION))
+        assert meta["run_partitions"].value == 24
+        counts.append(meta["samples"].value)
+    assert len(set(counts)) > 1, "partitions of a mixed-interval site differ in size"
+
+
+def test_late_samples_land_on_rematerialization(sim, pipeline_env):
+    start = partition_start(KEY)
+    sim.faults.late_devices = 3
+    sim.faults.late_seconds = 600
+    sim.set_now(start + PARTITION + timedelta(minutes=1))
+    assert run([timeseries_key(SITE)], partition_key=KEY).success
+    first = stored(pipeline_env["VITALS_DUCKDB_PATH"])
+    sim.set_now(start + timedelta(hours=1))
+    assert run([timeseries_key(SITE)], partition_key=KEY).success
+    second = stored(pipeline_env["VITALS_DUCKDB_PATH"])
+    assert len(first) < len(second)
+    assert second == expected(sim, start, start + PARTITION)
+
+
+def test_empty_refetch_keeps_stored_samples(sim, pipeline_env):
+    assert run([timeseries_key(SITE)], partition_key=KEY).success
+    before = stored(pipeline_env["VITALS_DUCKDB_PATH"])
+    sim.faults.empty_responses = True
+    assert run([timeseries_key(SITE)], partition_key=KEY).success
+    assert stored(pipeline_env["VITALS_DUCKDB_PATH"]) == before and before
+
+
+def test_leaky_pages_and_duplicates_are_cleaned(sim, pipeline_env):
+    sim.faults.duplicate_across_pages = True
+    sim.faults.outside_window_rows = 5
+    os.environ["ACE_PAGE_SIZE"] = "50"
+    try:
+        instance = dg.DagsterInstance.ephemeral()
+        assert run([timeseries_key(SITE)], partition_key=KEY, instance=instance).success
+    finally:
+        del os.environ["ACE_PAGE_SIZE"]
+    start = partition_start(KEY)
+    assert stored(pipeline_env["VITALS_DUCKDB_PATH"]) == expected(sim, start, start + PARTITION)
+    [record] = materializations(instance, timeseries_key(SITE), KEY)
+    meta = record.asset_materialization.metadata
+    assert meta["duplicates_dropped"].value > 0 and meta["out_of_window_dropped"].value == 10
+
+
+def test_new_york_time_zone_stores_the_same_utc_and_no_duplicates(sim, pipeline_env):
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        assert run([timeseries_key(SITE)], partition_key=KEY).success
+        assert run([timeseries_key(SITE)], partition_key=KEY).success
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+    start = partition_start(KEY)
+    assert stored(pipeline_env["VITALS_DUCKDB_PATH"]) == expected(sim, start, start + PARTITION)
+
+
+def test_points_asset_stores_units_and_intervals(sim, pipeline_env):
+    assert run([points_key(SITE)]).success
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        rows = con.execute(f"SELECT name, unit, collect_interval FROM {SITE}.points ORDER BY name").fetchall()
+    assert [r[0] for r in rows] == sorted(p["name"] for p in sim.points(SITE))
+    assert {r[2] for r in rows} >= {60, 300, 900}
+    assert any(r[1] == "degrees-fahrenheit" for r in rows)
+
+
+def test_missing_key_fails_at_once_and_writes_nothing(pipeline_env, monkeypatch, server):
+    monkeypatch.delenv("ACE_API_KEY")
+    result = run([timeseries_key(SITE)], partition_key=KEY)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "ACE_API_KEY is not set" in failure.event_specific_data.error.message
+    assert server.stats["statuses"] == {}
+    assert not os.path.exists(pipeline_env["VITALS_DUCKDB_PATH"])
+
+
+def test_wrong_key_fails_with_a_key_message_and_no_step_retries(pipeline_env, monkeypatch, server):
+    monkeypatch.setenv("ACE_API_KEY", "wrong-key-123")
+    result = run([timeseries_key(SITE)], partition_key=KEY)
+    assert not result.success
+    messages = " ".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
+    assert "invalid or expired API key" in messages and "wrong-key-123" not in messages
+    assert server.stats["statuses"].get(500) == 2  # one retry of the 500, no step retries
+
+
+def test_definitions_load_without_a_key(pipeline_env, monkeypatch):
+    monkeypatch.delenv("ACE_API_KEY")
+    defs = build_definitions(Settings.from_env())
+    dg.Definitions.validate_loadable(defs)
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} >= {
+        f"{SITE}/timeseries",
+        f"{SITE}/points",
+    }
+
+
+@pytest.mark.slow
+def test_cli_materializes_a_partition_range(sim, pipeline_env, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    Path(env["DAGSTER_HOME"]).mkdir()
+    dagster = str(Path(sys.executable).parent / "dagster")
+    proc = subprocess.run(
+        [dagster, "asset", "materialize", "-m", "vitals_pipeline.definitions", "--select", f"{SITE}/timeseries",
+         "--partition-range", "2026-03-09-10:00...2026-03-09-10:25"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    window = window_for_keys("2026-03-09-10:00", "2026-03-09-10:25")
+    assert stored(pipeline_env["VITALS_DUCKDB_PATH"]) == expected(sim, window.start, window.end)
+    assert SIM_KEY not in proc.stdout + proc.stderr
