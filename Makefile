@@ -27,6 +27,7 @@ dev: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/ticks.py
 
 clean:
 	rm -rf $(VENV) .dagster_home data bench/out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -52,9 +53,9 @@ def demo(hours: float, sites: str, points: int) -> None:
     import dagster as dg
 
     from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
+    from vitals_pipeline.assets.hourly import complete_hours, hourly_key, hourly_summary
     from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key, window_keys
     from vitals_pipeline.config import Settings
-    from vitals_pipeline.definitions import build_definitions
     from vitals_pipeline.storage.summary import summarize
     from vitals_pipeline.windows import Window, floor_to_partition
 
@@ -82,6 +83,9 @@ def demo(hours: float, sites: str, points: int) -> None:
             settings = Settings.from_env()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        # Imported only now: the module builds `defs` from the environment set just above.
+        from vitals_pipeline.definitions import build_definitions
+
         defs = build_definitions(settings)
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         with dg.DagsterInstance.get() as instance:
@@ -105,8 +109,22 @@ def demo(hours: float, sites: str, points: int) -> None:
             )
             _require_success(result, "timeseries")
             run_id = result.run_id
+            hours_loaded = complete_hours(window.start, window.end)
+            if hours_loaded is not None:
+                span = " .. ".join(dict.fromkeys(hours_loaded))
+                click.echo(f"Rolling up the whole hours loaded ({span}) into timeseries_hourly ...")
+                result = job.execute_in_process(
+                    instance=instance,
+                    asset_selection=[hourly_key(s) for s in names],
+                    tags=range_tags(*hours_loaded),
+                    run_config=quiet,
+                    raise_on_error=False,
+                )
+                _require_success(result, "hourly roll-up")
     click.echo("")
     for line in summarize(settings.duckdb_path, names):
+        click.echo(line)
+    for line in hourly_summary(settings.duckdb_path, names):
         click.echo(line)
     click.echo("")
     click.echo(f"Run {run_id} is recorded in DAGSTER_HOME={home}.")
@@ -159,6 +177,79 @@ def dev(port: int, sim_port: int, sites: str) -> None:
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (same exit codes).")
+@click.option("--runs", default=5, show_default=True, help="Recent runs to show per site.")
+@click.option(
+    "--duckdb-wait",
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for a run writing DuckDB before reporting it busy.",
+)
+def status(as_json: bool, runs: int, duckdb_wait: float) -> None:
+    """Health of every site from the Dagster instance (DAGSTER_HOME) and DuckDB.
+
+    Exit code 0 healthy, 1 degraded, 2 down (thresholds: VITALS_STATUS_DEGRADED_MINUTES,
+    VITALS_STATUS_DOWN_MINUTES). Initialises DAGSTER_HOME if it is new.
+    """
+    from vitals_pipeline.status import run_status
+
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
+    try:
+        if (home / "history" / "runs.db").exists():
+            # Not upgraded on every call: on SQLite that touches every run's event log.
+            os.environ["DAGSTER_HOME"] = str(home)
+        else:
+            with contextlib.redirect_stdout(sys.stderr):  # keep --json output clean
+                ensure_dagster_home()
+    except Exception as exc:  # a status command reports, it does not crash
+        click.echo(f"vitals status: DOWN (exit 2): cannot open DAGSTER_HOME: {type(exc).__name__}: {exc}")
+        sys.exit(2)
+    sys.exit(run_status(as_json=as_json, recent_runs=runs, duckdb_wait_seconds=duckdb_wait, echo=click.echo))
+
+
+@main.command()
+@click.option("--from", "first", required=True, help="First partition key, YYYY-MM-DD-HH:MM (UTC).")
+@click.option("--to", "last", required=True, help="Last partition key, included.")
+@click.option("--sites", default=None, help="Comma-separated sites (default: all of ACE_SITES).")
+@click.option("--chunk-hours", default=24.0, show_default=True, help="Hours per run (bounds memory).")
+def backfill(first: str, last: str, sites: str | None, chunk_hours: float) -> None:
+    """Load a long range as consecutive runs of at most CHUNK-HOURS each, with progress.
+
+    Uses the environment's settings (ACE_*, VITALS_*) and DAGSTER_HOME, like the Dagster CLI.
+    """
+    from vitals_pipeline.backfill import backfill as run_backfill
+    from vitals_pipeline.config import Settings
+    from vitals_pipeline.windows import window_for_keys
+
+    try:
+        settings = Settings.from_env()
+        window = window_for_keys(first, last)
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    chosen = [s.strip() for s in sites.split(",")] if sites else list(settings.sites)
+    unknown = sorted(set(chosen) - set(settings.sites))
+    if unknown:
+        raise click.ClickException(f"not in ACE_SITES: {', '.join(unknown)}")
+    if window.start < settings.partitions_start:
+        raise click.ClickException(
+            f"--from {first} is before VITALS_PARTITIONS_START "
+            f"({settings.partitions_start:%Y-%m-%d-%H:%M}): no such partition"
+        )
+    ensure_dagster_home()
+    import dagster as dg
+
+    from vitals_pipeline.definitions import build_definitions
+
+    with dg.DagsterInstance.get() as instance:
+        results = run_backfill(build_definitions(settings), instance, chosen, window, chunk_hours, click.echo)
+    failed = [r for r in results if not r.success]
+    total = sum(r.samples for r in results)
+    click.echo(f"{len(results) - len(failed)} runs succeeded, {len(failed)} failed; {total:,} samples")
+    if failed:
+        raise SystemExit(1)
 
 
 main.add_command(simulate)

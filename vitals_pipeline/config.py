@@ -19,6 +19,7 @@ from vitals_pipeline.windows import PARTITION_FMT, floor_to_partition
 
 DEFAULT_API_URL = "https://flightdeck.aceiot.cloud/api"
 DEFAULT_DUCKDB_PATH = "data/vitals.duckdb"
+DEFAULT_ARCHIVE_URI = "data/archive"
 DEFAULT_LOOKBACK_MINUTES = 10
 # Without VITALS_PARTITIONS_START the partitions begin this long before today (UTC midnight).
 DEFAULT_HISTORY_DAYS = 7
@@ -37,6 +38,8 @@ class Settings:
     duckdb_path: str
     partitions_start: datetime  # aware UTC, on a 5-minute boundary
     lookback_minutes: int
+    # Where `<site>/archive` writes Parquet: a local folder or an s3:// URI (DuckDB httpfs).
+    archive_uri: str = DEFAULT_ARCHIVE_URI
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, now: datetime | None = None) -> Settings:
@@ -49,6 +52,7 @@ class Settings:
             duckdb_path=env.get("VITALS_DUCKDB_PATH") or DEFAULT_DUCKDB_PATH,
             partitions_start=parse_partitions_start(env.get("VITALS_PARTITIONS_START"), now),
             lookback_minutes=parse_lookback(env.get("VITALS_LOOKBACK_MINUTES")),
+            archive_uri=parse_archive_uri(env.get("VITALS_ARCHIVE_URI")),
         )
 
 
@@ -117,6 +121,22 @@ def parse_partitions_start(value: str | None, now: datetime) -> datetime:
             "no partition would exist yet; set a start in the past"
         )
     return start
+
+
+def parse_archive_uri(value: str | None) -> str:
+    """`VITALS_ARCHIVE_URI`: a local folder, or `s3://bucket/prefix` (read by DuckDB's httpfs)."""
+    if value is None or not value.strip():
+        return DEFAULT_ARCHIVE_URI
+    uri = value.strip()
+    scheme = re.match(r"^([A-Za-z0-9+]+)://", uri)
+    if scheme and scheme.group(1) not in ("s3", "file"):
+        raise ConfigError(
+            f"VITALS_ARCHIVE_URI={value!r}: only a local folder or an s3:// URI is supported "
+            "(s3:// also serves S3-compatible stores through DuckDB's httpfs)"
+        )
+    if scheme and scheme.group(1) == "s3" and not re.match(r"^s3://[^/]+", uri):
+        raise ConfigError(f"VITALS_ARCHIVE_URI={value!r} names no bucket; expected s3://bucket/prefix")
+    return uri.removeprefix("file://").rstrip("/") or "/"
 
 
 def parse_lookback(value: str | None) -> int:

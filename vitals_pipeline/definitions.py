@@ -8,16 +8,46 @@ from __future__ import annotations
 
 import dagster as dg
 
+from vitals_pipeline.assets.archive import build_archive_asset
+from vitals_pipeline.assets.hourly import build_automation_sensor, build_hourly_asset
+from vitals_pipeline.assets.quality_daily import build_quality_daily
 from vitals_pipeline.assets.site import build_site_assets
+from vitals_pipeline.assets.weather import build_weather_asset
+from vitals_pipeline.automation import build_automation, with_timeseries_freshness
+from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage import VitalsDuckDBIOManager
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    assets = [asset for site in settings.sites for asset in build_site_assets(site, settings)]
+    # Data-quality thresholds and the VITALS_CHECKS switch, read once (checks/thresholds.py).
+    quality = QualityThresholds.from_env()
+    assets = [
+        asset for site in settings.sites for asset in build_site_assets(site, settings, quality)
+    ]
+    # Freshness is policy, set once here for every site's timeseries asset.
+    assets = dg.map_asset_specs(with_timeseries_freshness, assets)
+    automation = build_automation(settings)
+    # Per site, derived from the stored samples (roll-up, archive) or read beside them (weather);
+    # declarative automation, evaluated by one sensor (see assets/hourly.py).
+    derived = [
+        build(site, settings)
+        for site in settings.sites
+        for build in (build_hourly_asset, build_archive_asset, build_weather_asset)
+    ]
+    # Per site, the daily quality roll-up and the sensor that automates it (assets/quality_daily.py).
+    quality_daily, quality_sensors = build_quality_daily(settings, quality)
+    assets = [*assets, *derived, *quality_daily]
     return dg.Definitions(
         assets=assets,
+        jobs=automation.jobs,
+        schedules=automation.schedules,
+        sensors=[
+            *automation.sensors,
+            build_automation_sensor([a.key for a in derived]),
+            *quality_sensors,
+        ],
         resources={
             "ace": AceResource(api_url=settings.api_url, page_size=settings.page_size),
             "io_manager": VitalsDuckDBIOManager(database=settings.duckdb_path),

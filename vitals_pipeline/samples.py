@@ -126,9 +126,10 @@ def _count_per_partition(
     null_per = np.bincount(part[null_mask], minlength=n)
     text_mask = pc.is_valid(samples.column("raw_value")).to_numpy(zero_copy_only=False)
     text_per = np.bincount(part[text_mask], minlength=n)
+    # A partitions x points presence grid (288 x 4,500 for a day): O(rows), no sort.
     distinct = int(codes.max()) + 1
-    pairs = np.unique(part * distinct + codes)
-    points_per = np.bincount(pairs // distinct, minlength=n)
+    present = np.bincount(part * distinct + codes, minlength=n * distinct).reshape(n, distinct)
+    points_per = (present > 0).sum(axis=1)
     for i, key in enumerate(keys):
         f = figures[key]
         f.samples = int(samples_per[i])

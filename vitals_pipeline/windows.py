@@ -72,3 +72,13 @@ def closed_window(now: datetime, lookback: timedelta = timedelta(0)) -> Window:
     """The newest closed partition plus `lookback` before it, as one window."""
     end = floor_to_partition(now)
     return Window(end - PARTITION - lookback, end)
+
+
+def split_window(window: Window, hours: float) -> list[Window]:
+    """Consecutive sub-windows of at most `hours` (whole partitions), covering `window` exactly."""
+    step = max(1, int(timedelta(hours=hours) / PARTITION)) * PARTITION
+    pieces, start = [], window.start
+    while start < window.end:
+        pieces.append(Window(start, min(start + step, window.end)))
+        start += step
+    return pieces

@@ -16,8 +16,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -35,11 +37,14 @@ from vitals_pipeline.ace import wire
 from vitals_pipeline.ace.parse import WIRE_SCHEMA, Page, PageFormatError, parse_page
 
 log = logging.getLogger("vitals_pipeline.ace")
+T = TypeVar("T")
 
 INVALID_KEY_MESSAGE = "An unhandled exception occurred."
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # After this many truncated bodies in a row the page size is stepped down.
 TRUNCATIONS_BEFORE_SHRINK = 2
+# Attempts when no connection can be made at all (refused, unknown host), ~1 s in all.
+CONNECT_ATTEMPTS = 3
 
 
 class AceError(Exception):
@@ -62,6 +67,11 @@ class AceUnavailableError(AceError):
     """Transient failures persisted through every retry within the time budget."""
 
 
+class AceUnreachableError(AceUnavailableError):
+    """No connection at all (refused, unknown host): a wrong ACE_API_URL or no network. Not
+    worth minutes of retries: a few quick attempts, then this."""
+
+
 class AceProtocolError(AceError):
     """ACE broke its own paging contract (e.g. the same page twice)."""
 
@@ -69,11 +79,18 @@ class AceProtocolError(AceError):
 class _Transient(Exception):
     """One attempt failed in a way a retry may fix."""
 
-    def __init__(self, reason: str, retry_after: float | None = None, truncated: bool = False):
+    def __init__(
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        truncated: bool = False,
+        unreachable: bool = False,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.truncated = truncated
+        self.unreachable = unreachable
 
 
 @dataclass
@@ -87,6 +104,15 @@ class FetchStats:
     bytes: int = 0
     page_size: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: FetchStats) -> None:
+        self.pages += other.pages
+        self.requests += other.requests
+        self.retries += other.retries
+        self.api_seconds += other.api_seconds
+        self.bytes += other.bytes
+        for reason, n in other.retry_reasons.items():
+            self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + n
 
 
 @dataclass(frozen=True)
@@ -220,6 +246,7 @@ class AceClient:
                 raise _Transient(
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                     truncated=cut,
+                    unreachable=isinstance(exc, httpx.ConnectError),
                 ) from exc
             finally:
                 stats.api_seconds += time.perf_counter() - started
@@ -274,9 +301,14 @@ class AceClient:
                 what, state.attempt_number, exc, state.upcoming_sleep,
             )
 
+        def unreachable(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            return getattr(exc, "unreachable", False) and state.attempt_number >= CONNECT_ATTEMPTS
+
         retrying = Retrying(
             stop=stop_after_attempt(self.retry.max_attempts)
-            | stop_after_delay(self.retry.budget_seconds),
+            | stop_after_delay(self.retry.budget_seconds)
+            | unreachable,
             wait=wait,
             retry=retry_if_exception_type(_Transient),
             before_sleep=before_sleep,
@@ -286,6 +318,12 @@ class AceClient:
         try:
             return retrying(attempt)
         except _Transient as exc:
+            if exc.unreachable:
+                raise AceUnreachableError(
+                    f"{what}: cannot connect to ACE at {self.base_url} ({exc.reason}; "
+                    f"{stats.retries + 1} attempts). Check ACE_API_URL (host and port) and that "
+                    "this machine can reach it, then re-run the window."
+                ) from None
             raise AceUnavailableError(
                 f"{what}: ACE did not answer usably after {stats.retries + 1} attempts within "
                 f"{self.retry.budget_seconds:.0f}s (last: {exc.reason}). Check ACE_API_URL "
@@ -363,12 +401,76 @@ class AceClient:
                 return
             cursor = tracker.advance(page.columns)
 
+    def weather(self, site: str, stats: FetchStats | None = None) -> dict | None:
+        """The site's current weather: `{"weather": {"temp": {"name", "value", "time"}, ...}}`.
+
+        None when the site has no weather feed: ACE then answers 404 with the same shape and every
+        member null. Any other 404 (an HTML page: a wrong ACE_API_URL) and the 403 of an unknown
+        site raise AceNotFoundError as usual. `_get` keeps no error body, so a 404 is confirmed by
+        reading the body once more (one extra request, only for sites without a feed).
+        """
+        path = f"sites/{_segment(site)}/weather"
+        stats = stats if stats is not None else FetchStats()
+        try:
+            return self._get(path, {}, f"weather of site {site!r}", stats)
+        except AceNotFoundError as exc:
+            try:
+                response = self._http.get(path)
+                stats.requests += 1
+                doc = orjson.loads(response.content) if response.status_code == 404 else None
+            except (httpx.HTTPError, orjson.JSONDecodeError):
+                doc = None
+            members = doc.get("weather") if isinstance(doc, dict) else None
+            if isinstance(members, dict) and all(v is None for v in members.values()):
+                return None
+            raise
+
     def fetch_timeseries(
         self, site: str, start: datetime, end: datetime, stats: FetchStats | None = None
     ) -> pa.Table:
         """All raw readings of `site` for [start, end) as one wire table (WIRE_SCHEMA)."""
         batches = list(self.iter_timeseries_pages(site, start, end, stats))
         return pa.Table.from_batches(batches, schema=WIRE_SCHEMA)
+
+    def fetch_window(
+        self,
+        site: str,
+        start: datetime,
+        end: datetime,
+        convert: Callable[[pa.RecordBatch], T],
+        stats: FetchStats | None = None,
+        *,
+        workers: int = 2,
+        chunk: timedelta = timedelta(hours=2),
+    ) -> list[T]:
+        """Every page of [start, end), each passed through `convert`, in time order.
+
+        Long windows are cut into `chunk`-sized sub-windows fetched by `workers` threads, each
+        with its own cursor: while one thread parses a page (holding the GIL), another waits on
+        the network (not holding it). Measured on a 2-core machine: this overlap, not a faster
+        parser, is what brings a day's fetch close to the download floor.
+        """
+        stats = stats if stats is not None else FetchStats()
+        bounds = [start]
+        while bounds[-1] + chunk < end:
+            bounds.append(bounds[-1] + chunk)
+        bounds.append(end)
+        pieces = list(zip(bounds, bounds[1:], strict=False))
+        piece_stats = [FetchStats() for _ in pieces]
+
+        def fetch(i: int) -> list[T]:
+            lo, hi = pieces[i]
+            return [convert(page) for page in self.iter_timeseries_pages(site, lo, hi, piece_stats[i])]
+
+        if len(pieces) == 1 or workers <= 1:
+            results = [fetch(i) for i in range(len(pieces))]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ace-fetch") as pool:
+                results = list(pool.map(fetch, range(len(pieces))))
+        for part in piece_stats:
+            stats.merge(part)
+        stats.page_size = self.page_size
+        return [batch for part in results for batch in part]
 
 
 def _segment(name: str) -> str:

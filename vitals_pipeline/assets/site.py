@@ -14,17 +14,24 @@ from vitals_pipeline.ace.client import (
     AceAuthError,
     AceNotFoundError,
     AceRequestError,
+    AceUnreachableError,
     FetchStats,
 )
 from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_batch
+from vitals_pipeline.ace.wire import PageSizeError
+from vitals_pipeline.checks import specs as quality_checks
+from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.samples import clean_window
 from vitals_pipeline.storage.schema import schema_name
 from vitals_pipeline.windows import PARTITION_CRON, PARTITION_FMT, Window
 
-# Errors a retry cannot fix: fail the step at once, without the retry policy.
-_PERMANENT = (AceAuthError, AceNotFoundError, AceRequestError)
+# Errors a retry cannot fix: fail the step at once, without the retry policy. No connection at
+# all (AceUnreachableError) is a wrong ACE_API_URL or no network: the next scheduled run and the
+# catch-up sensor re-fetch the window, step retries would only add minutes. PageSizeError: a
+# page size ACE refuses, from run config.
+_PERMANENT = (AceAuthError, AceNotFoundError, AceRequestError, AceUnreachableError, PageSizeError)
 
 # Transient API trouble that outlived the client's own retries gets two more tries a minute apart.
 STEP_RETRY = dg.RetryPolicy(
@@ -41,10 +48,18 @@ def five_minute_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinit
     )
 
 
-def build_site_assets(site: str, settings: Settings) -> list[dg.AssetsDefinition]:
-    """`<site>/timeseries` and `<site>/points` for one ACE site."""
+def build_site_assets(
+    site: str, settings: Settings, quality: QualityThresholds | None = None
+) -> list[dg.AssetsDefinition]:
+    """`<site>/timeseries` (with its data-quality checks) and `<site>/points` for one ACE site."""
     slug = schema_name(site)
     partitions = five_minute_partitions(settings)
+    quality = quality or QualityThresholds.from_env()
+    check_specs = (
+        quality_checks.timeseries_check_specs(dg.AssetKey([slug, "timeseries"]))
+        if quality.enabled
+        else None
+    )
 
     @dg.asset(
         key=[slug, "timeseries"],
@@ -61,13 +76,17 @@ def build_site_assets(site: str, settings: Settings) -> list[dg.AssetsDefinition
             "merge_keys": ["point", "ts"],
         },
         tags={"site": slug},
+        check_specs=check_specs,
     )
-    def timeseries(context: dg.AssetExecutionContext, ace: AceResource) -> pa.Table:
+    def timeseries(context: dg.AssetExecutionContext, ace: AceResource):
         """Raw readings of every point of the site, one row per (point, ts), for the run's window.
 
         One partition or a whole range in one run (single_run backfills): the window is the
         run's whole time window. Zero readings are readings; NaN/null/text keep their wire string
         in raw_value. Stored samples that a re-fetch lacks are kept.
+
+        With the data-quality layer on (VITALS_CHECKS), `<site>.quality` gets one row per point
+        and partition in the same transaction, and the checks run on the stored window.
         """
         tw = context.partition_time_window
         window = Window(tw.start.astimezone(UTC), tw.end.astimezone(UTC))
@@ -75,18 +94,33 @@ def build_site_assets(site: str, settings: Settings) -> list[dg.AssetsDefinition
         try:
             with ace.client() as client:
                 # Each page is typed as it arrives, so its wire strings are freed at once.
-                batches = [
-                    to_sample_batch(page)
-                    for page in client.iter_timeseries_pages(site, window.start, window.end, stats)
-                ]
+                batches = client.fetch_window(
+                    site, window.start, window.end, to_sample_batch, stats
+                )
         except _PERMANENT as exc:
             raise dg.Failure(
                 description=f"site {site!r}, window {window}: {exc}", allow_retries=False
             ) from None
-        result = clean_window(combine_samples(batches), window)
+        fetched = combine_samples(batches)
         del batches
+        future_rows = (
+            quality_checks.count_future(fetched, quality_checks.utc_now(), quality)
+            if quality.enabled
+            else 0
+        )
+        result = clean_window(fetched, window)
+        del fetched
+        run_quality = (
+            quality_checks.assess_run(
+                settings.duckdb_path, site, slug, result.samples, window, quality
+            )
+            if quality.enabled
+            else None
+        )
         for key, figures in result.partitions.items():
-            context.add_asset_metadata(figures.as_metadata(), partition_key=key)
+            # completeness_pct, points_reporting, null_pct... of the stored partition, plotted.
+            extra = run_quality.partition_figures.get(key, {}) if run_quality else {}
+            context.add_asset_metadata({**figures.as_metadata(), **extra}, partition_key=key)
         # Figures of the run as a whole (shared by the partitions it covered).
         context.add_asset_metadata(
             {
@@ -106,7 +140,21 @@ def build_site_assets(site: str, settings: Settings) -> list[dg.AssetsDefinition
             f"{result.duplicates_dropped} duplicates and {result.out_of_window_dropped} "
             "out-of-window rows dropped)"
         )
-        return result.samples
+        if run_quality is None:
+            yield dg.Output(result.samples)
+            return
+        # The IO manager stores the samples and the quality rows when the output is yielded;
+        # the checks then verify what was stored.
+        yield dg.Output(run_quality.bundle(result.samples))
+        yield from run_quality.check_results(
+            settings.duckdb_path,
+            result.samples,
+            quality_checks.SourceFigures(
+                duplicates_dropped=result.duplicates_dropped,
+                out_of_window_dropped=result.out_of_window_dropped,
+                future_rows_dropped=future_rows,
+            ),
+        )
 
     @dg.asset(
         key=[slug, "points"],

@@ -51,5 +51,8 @@ def summarize(db_path: str, sites: list[str]) -> list[str]:
             )
     size = path.stat().st_size if path.exists() else 0
     lines.append(f"DuckDB file: {path} ({size / 1e6:.1f} MB)")
-    lines.append(f"Query it:    duckdb -readonly {path}   or   python -c \"import duckdb; ...\"")
+    lines.append(
+        f"""Query it:    .venv/bin/python -c "import duckdb; print(duckdb.connect('{path}', read_only=True)"""
+        f""".sql('SELECT point, count(*), avg(value) FROM {schema_name(sites[0]) if sites else 'main'}.timeseries GROUP BY 1 LIMIT 5'))" """
+    )
     return lines

@@ -1,0 +1,330 @@
+"""`<site>/timeseries_hourly`: per point and UTC hour, the roll-up charts read instead of raw samples.
+
+The aggregate is computed by DuckDB over the stored samples (a big site has 270,000 samples an
+hour; they never enter Python) and only the small result, one row per (point, hour), goes back
+through the IO manager like every other table. The DuckDB file is opened for the query and closed
+before the IO manager opens it to merge, so no connection is held across the run.
+
+Columns, per point and hour (`hour` = the hour's start, naive UTC):
+  samples   rows stored in the hour, readings that are not numbers included
+  count     numeric readings (NULL, NaN and text are not)
+  avg, min, max, first, last   over the numeric readings (first/last: oldest/newest by ts)
+  delta     totalizers only (kWh meters and the like, see `TOTALIZER_UNITS`): the consumption seen
+            within the hour. `last - first` when the meter never went down; otherwise a drop is a
+            meter reset, not negative consumption (shared/quality.md #11), and delta is the sum of
+            the rising steps between consecutive readings. NULL for other points.
+  resets    totalizers only: how many drops (resets) the hour had.
+
+The step from the last reading of one hour to the first of the next belongs to neither hour's
+delta: each hour is computed from its own twelve 5-minute partitions only, so that re-fetching a
+partition changes exactly one hour. Consumption over a longer span is
+`sum(delta) + sum(greatest(first - lag(last), 0))` over consecutive hours.
+"""
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vitals_pipeline.config import Settings
+from vitals_pipeline.storage import connect_duckdb, qualified_name, schema_name
+from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc
+
+HOUR = timedelta(hours=1)
+HOURLY_CRON = "0 * * * *"
+HOURLY_FMT = "%Y-%m-%d-%H:%M"  # Dagster's own hourly format, and the 5-minute one
+
+# BACnet engineering units (and the abbreviations some sites put in kv_tags["unit"]) of
+# accumulating meters: energy and volume totals. A rate (kilowatts, gallons per minute) is not one.
+TOTALIZER_UNITS = frozenset(
+    {
+        "kilowatt-hours", "watt-hours", "megawatt-hours", "kilovolt-ampere-hours",
+        "megavolt-ampere-hours", "kilovolt-ampere-hours-reactive", "kilowatt-hours-reactive",
+        "btus", "kilo-btus", "mega-btus", "therms", "ton-hours", "joules", "kilojoules",
+        "megajoules", "gigajoules", "cubic-feet", "cubic-meters", "us-gallons",
+        "imperial-gallons", "liters",
+        "kwh", "wh", "mwh", "kvah", "kvarh", "btu", "kbtu", "mbtu", "therm", "ton-h", "mj", "gj",
+        "ft³", "m³", "gal", "l",
+    }
+)
+# A point tagged this way is a totalizer whatever its unit says (units are often missing).
+TOTALIZER_MARKERS = ("totalizer",)
+TOTALIZER_ROLE_PATTERN = r"(energy|totali[sz]er|consumption)"
+
+HOURLY_SCHEMA = pa.schema(
+    [
+        ("point", pa.string()),
+        ("hour", pa.timestamp("us")),
+        ("samples", pa.int64()),
+        ("count", pa.int64()),
+        ("avg", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+        ("first", pa.float64()),
+        ("last", pa.float64()),
+        ("delta", pa.float64()),
+        ("resets", pa.int64()),
+    ]
+)
+HOURLY_TABLE = "timeseries_hourly"
+HOURLY_MERGE_KEYS = ("point", "hour")
+
+
+def hourly_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
+    """UTC hours from VITALS_PARTITIONS_START floored to the hour."""
+    start = settings.partitions_start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule=HOURLY_CRON, start=start.strftime(HOURLY_FMT), fmt=HOURLY_FMT, timezone="UTC"
+    )
+
+
+def _table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchall()[0][0]
+    )
+
+
+def _totalizers_sql(catalog: str, schema: str, has_points: bool) -> tuple[str, list]:
+    """A query for the names of the site's totalizer points (from `<site>.points`)."""
+    if not has_points:
+        return "SELECT NULL::VARCHAR AS point WHERE false", []
+    points = qualified_name(catalog, schema, "points")
+    units = sorted(TOTALIZER_UNITS)
+    return (
+        f"SELECT name AS point FROM {points} "
+        f"WHERE lower(unit) IN ({', '.join('?' for _ in units)}) "
+        f"OR len(list_intersect(marker_tags, ?::VARCHAR[])) > 0 "
+        f"OR regexp_matches(lower(coalesce(json_extract_string(kv_tags, '$.role'), '')), ?)",
+        [*units, list(TOTALIZER_MARKERS), TOTALIZER_ROLE_PATTERN],
+    )
+
+
+def hourly_rollup(
+    conn: duckdb.DuckDBPyConnection, schema: str, start: datetime, end: datetime
+) -> tuple[pa.Table, bool]:
+    """The roll-up of `schema`'s samples in [start, end) (whole UTC hours), computed in DuckDB.
+
+    Returns (rows in HOURLY_SCHEMA ordered by hour and point, whether `<schema>.points` was there
+    to tell totalizers apart). Raises LookupError when the site has no timeseries table yet.
+    """
+    catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
+    if not _table_exists(conn, schema, "timeseries"):
+        raise LookupError(f"no table {schema}.timeseries")
+    has_points = _table_exists(conn, schema, "points")
+    totalizers, totalizer_params = _totalizers_sql(catalog, schema, has_points)
+    timeseries = qualified_name(catalog, schema, "timeseries")
+    # One aggregation pass over the hour's rows; the ordered step scan (a window function, the
+    # expensive part) only over the totalizers' readings.
+    sql = f"""
+        WITH s AS (
+            SELECT point, ts, value, date_trunc('hour', ts) AS hour
+            FROM {timeseries} WHERE ts >= ? AND ts < ?
+        ),
+        totalizers AS (SELECT DISTINCT point FROM ({totalizers})),
+        hours AS (
+            SELECT point, hour, count(*) AS samples, count(value) AS n,
+                   avg(value) AS avg, min(value) AS min, max(value) AS max,
+                   arg_min(value, ts) FILTER (WHERE value IS NOT NULL) AS first,
+                   arg_max(value, ts) FILTER (WHERE value IS NOT NULL) AS last
+            FROM s GROUP BY point, hour
+        ),
+        steps AS (
+            SELECT point, hour,
+                   value - lag(value) OVER (PARTITION BY point, hour ORDER BY ts) AS step
+            FROM s SEMI JOIN totalizers USING (point) WHERE value IS NOT NULL
+        ),
+        meters AS (
+            SELECT point, hour, coalesce(sum(step) FILTER (WHERE step > 0), 0) AS rise,
+                   count(*) FILTER (WHERE step < 0) AS drops
+            FROM steps GROUP BY point, hour
+        )
+        SELECT h.point, h.hour, h.samples, h.n AS count, h.avg, h.min, h.max, h.first, h.last,
+               CASE WHEN m.point IS NULL OR h.n = 0 THEN NULL
+                    WHEN m.drops = 0 THEN h.last - h.first ELSE m.rise END AS delta,
+               CASE WHEN m.point IS NULL OR h.n = 0 THEN NULL ELSE m.drops END AS resets
+        FROM hours h LEFT JOIN meters m ON m.point = h.point AND m.hour = h.hour
+        ORDER BY h.hour, h.point
+    """
+    params = [naive_utc(start), naive_utc(end), *totalizer_params]
+    table = conn.sql(sql, params=params).to_arrow_table()
+    return table.cast(HOURLY_SCHEMA), has_points
+
+
+def rollup_automation(upstream: dg.AssetKey) -> dg.AutomationCondition:
+    """When a time-partitioned roll-up of `upstream` should run.
+
+    `AutomationCondition.eager()` considers only the latest time window, so a late
+    re-materialization of an older hour would never reach its roll-up. This is eager without that
+    limit on the update trigger:
+      - the newest complete window, once, when it appears (newly missing) ...
+      - ... or any window whose upstream partitions were re-materialized since it last ran,
+      - but only when none of its upstream partitions is missing (an incomplete hour waits) or
+        in progress, and it is not already running.
+    Only `upstream` counts as a dependency (e.g. `<site>/points` neither triggers nor blocks).
+    """
+    condition = dg.AutomationCondition
+    complete_or_updated = (
+        (
+            (condition.in_latest_time_window() & condition.newly_missing())
+            | condition.any_deps_updated()
+        ).since_last_handled()
+        & ~condition.any_deps_missing()
+        & ~condition.any_deps_in_progress()
+        & ~condition.in_progress()
+    )
+    return complete_or_updated.allow(dg.AssetSelection.assets(upstream)).with_label(
+        f"{upstream.to_user_string()} complete or updated"
+    )
+
+
+def build_hourly_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
+    """`<site>/timeseries_hourly` for one ACE site."""
+    slug = schema_name(site)
+    timeseries = dg.AssetKey([slug, "timeseries"])
+    points = dg.AssetKey([slug, "points"])
+    database = settings.duckdb_path
+
+    @dg.asset(
+        key=[slug, HOURLY_TABLE],
+        group_name=slug,
+        partitions_def=hourly_partitions(settings),
+        deps=[
+            # Each hour reads its own twelve 5-minute partitions; the first hour may start before
+            # VITALS_PARTITIONS_START (those partitions do not exist and are not waited for).
+            dg.AssetDep(
+                timeseries,
+                partition_mapping=dg.TimeWindowPartitionMapping(
+                    allow_nonexistent_upstream_partitions=True
+                ),
+            ),
+            points,  # units and tags tell totalizers apart; read if present, never waited for
+        ],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        automation_condition=rollup_automation(timeseries),
+        pool="duckdb",
+        kinds={"duckdb"},
+        metadata={
+            "site": site,
+            "schema": slug,
+            "partition_expr": "hour",
+            "merge_keys": list(HOURLY_MERGE_KEYS),
+        },
+        tags={"site": slug},
+    )
+    def timeseries_hourly(context: dg.AssetExecutionContext) -> pa.Table:
+        """Per point and UTC hour: samples, count, avg, min, max, first, last, and for totalizers
+        (kWh and other meter totals) the hour's consumption `delta` with meter resets handled.
+
+        Computed in DuckDB from `<site>.timeseries`; materializes automatically once all twelve
+        5-minute partitions of the hour are stored, and again when any of them is re-fetched.
+        """
+        tw = context.partition_time_window
+        start, end = tw.start.astimezone(UTC), tw.end.astimezone(UTC)
+        conn = connect_duckdb(database)
+        try:
+            rows, has_points = hourly_rollup(conn, slug, start, end)
+        except LookupError:
+            raise dg.Failure(
+                description=(
+                    f"site {site!r}: no {slug}.timeseries table in {database}: materialize "
+                    f"{timeseries.to_user_string()} for "
+                    f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC first"
+                ),
+                allow_retries=False,
+            ) from None
+        finally:
+            conn.close()
+        if not has_points:
+            context.log.warning(
+                f"site {site}: no {slug}.points table, so totalizers cannot be told apart and "
+                f"`delta` stays NULL; materialize {points.to_user_string()} and re-run these hours"
+            )
+        rows_per_hour = Counter(rows.column("hour").to_pylist())
+        for key in context.partition_keys:
+            hour = datetime.strptime(key, HOURLY_FMT)
+            context.add_asset_metadata({"rows": rows_per_hour.get(hour, 0)}, partition_key=key)
+        deltas = rows.column("delta")
+        context.add_asset_metadata(
+            {
+                "run_rows": rows.num_rows,
+                "run_hours": len(context.partition_keys),
+                "points": pc.count_distinct(rows.column("point")).as_py(),
+                "totalizer_rows": rows.num_rows - deltas.null_count,
+                "resets": pc.sum(rows.column("resets")).as_py() or 0,
+                "totalizers_known": has_points,
+            }
+        )
+        if rows.num_rows == 0:
+            context.log.warning(
+                f"site {site}: no samples stored in [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) "
+                "UTC; nothing to roll up"
+            )
+        return rows
+
+    return timeseries_hourly
+
+
+def complete_hours(start: datetime, end: datetime) -> tuple[str, str] | None:
+    """First and last hourly partition keys of the whole UTC hours inside [start, end), or None."""
+    first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if first < start:
+        first += HOUR
+    last = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - HOUR
+    if last < first:
+        return None
+    return first.strftime(HOURLY_FMT), last.strftime(HOURLY_FMT)
+
+
+def hourly_summary(database: str, sites: list[str]) -> list[str]:
+    """Human lines about each site's stored roll-up (for `vitals demo`); opens the file read-only."""
+    lines = []
+    with duckdb.connect(database, read_only=True) as conn:
+        for site in sites:
+            slug = schema_name(site)
+            if not _table_exists(conn, slug, HOURLY_TABLE):
+                lines.append(f"{site}: no hourly roll-up yet")
+                continue
+            rows, hours, points, first, last, meters, used = conn.execute(
+                "SELECT count(*), count(DISTINCT hour), count(DISTINCT point), min(hour), max(hour), "
+                "count(DISTINCT point) FILTER (WHERE delta IS NOT NULL), sum(delta) "
+                f"FROM {qualified_name(catalog_name(database), slug, HOURLY_TABLE)}"
+            ).fetchall()[0]
+            span = f"{first:%Y-%m-%d %H:%M} .. {last + HOUR:%H:%M} UTC" if rows else "no hours"
+            lines.append(
+                f"{site}: {rows:,} hourly rows ({hours} h x {points} points, {span}; "
+                f"{meters} totalizers, {used or 0:,.1f} units consumed)  (table {slug}.{HOURLY_TABLE})"
+            )
+    return lines
+
+
+AUTOMATION_SENSOR = "rollup_archive_weather_automation"
+
+
+def build_automation_sensor(keys: list[dg.AssetKey]) -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates the automation conditions of `keys` (roll-ups, archive, weather).
+
+    Declared here, running by default, because Dagster's implicit
+    `default_automation_condition_sensor` starts STOPPED: without a running automation sensor
+    (evaluated by `dagster-daemon`, which `dagster dev` starts) no condition is ever evaluated.
+    Requests for several partitions of one asset become a backfill (run by the daemon's backfill
+    loop), which honours each asset's backfill policy.
+    """
+    return dg.AutomationConditionSensorDefinition(
+        AUTOMATION_SENSOR,
+        target=dg.AssetSelection.assets(*keys),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Hourly roll-ups and daily archives when their time is complete or their "
+        "5-minute partitions change; weather every 5-minute tick.",
+    )
+
+
+def hourly_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), HOURLY_TABLE])

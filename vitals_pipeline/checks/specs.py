@@ -1,0 +1,674 @@
+"""The asset checks of `<site>/timeseries`, and the two steps that feed them in the asset's run.
+
+1. Before the store (`assess_run`): the points table is read, every point's rules derived, and
+   the window's quality rows computed (quality.py) so the IO manager merges them into
+   `<site>.quality` in the same transaction as the samples (`RunQuality.bundle`).
+2. After the store (`RunQuality.check_results`): the stored window is verified in DuckDB
+   (duplicates, future samples, every fetched sample stored inside the window), and one
+   AssetCheckResult per check is built from those figures and the quality rows.
+
+Every query is bounded by the run's window (plus the stored history quality.py reads); none
+scans the whole table. What each check means is in CHECKS and in the README ("Data quality").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vitals_pipeline.checks.quality import (
+    QUALITY_MERGE_KEYS,
+    QUALITY_TABLE,
+    QUALITY_TIME_COLUMN,
+    QualityAssessment,
+    assess_window,
+    naive,
+    table_exists,
+)
+from vitals_pipeline.checks.rules import completeness_verdict, point_rules
+from vitals_pipeline.checks.thresholds import QualityThresholds
+from vitals_pipeline.storage.duckdb_io import CompanionTable, WindowBundle, connect_duckdb
+from vitals_pipeline.storage.schema import quote_identifier as _q
+from vitals_pipeline.windows import Window
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    name: str
+    blocking: bool
+    description: str
+
+
+CHECKS: tuple[CheckInfo, ...] = (
+    CheckInfo(
+        "no_duplicate_samples", True,
+        "ERROR if the stored window holds a (point, ts) more than once. The source's duplicates "
+        "are dropped before the store and reported as source_duplicates_dropped.",
+    ),
+    CheckInfo(
+        "no_future_samples", True,
+        "ERROR if a stored sample of the window is stamped later than now + "
+        "VITALS_QUALITY_FUTURE_TOLERANCE_MINUTES (5). Future rows the source sent are dropped "
+        "and reported as source_future_rows_dropped.",
+    ),
+    CheckInfo(
+        "samples_inside_window", True,
+        "ERROR if a sample this run fetched for the window is not stored inside the window "
+        "(a store that shifted or lost rows). Rows the source sent outside the window are "
+        "dropped and reported as out_of_window_dropped.",
+    ),
+    CheckInfo(
+        "completeness", False,
+        "Samples received / samples promised by each sampled point's collect_interval over the "
+        "run's window: WARN below 95 %, ERROR below 80 % (VITALS_QUALITY_COMPLETENESS_*). "
+        "cov and interval-less points are excluded. Needs <site>/points.",
+    ),
+    CheckInfo(
+        "values_in_physical_range", False,
+        "WARN if readings fall outside the physical range of the point's unit and role "
+        "(zone 40..100 degF, outside air -60..130 degF, %RH 0..100, duct static -1..8 in.w.c. "
+        "...; degC and Pa converted). Points with other units are not checked. Needs <site>/points.",
+    ),
+    CheckInfo(
+        "no_flatlined_sensors", False,
+        "WARN if a sensor's readings stayed within 0.1 degF (0.5 %RH, 0.01 in.w.c.) for the "
+        "trailing hour at any partition of the run. Setpoints and commands are flat by design "
+        "and skipped. Needs <site>/points.",
+    ),
+    CheckInfo(
+        "no_stale_devices", False,
+        "WARN if a device sent nothing for 15 min (or 3 of its shortest intervals), or all of "
+        "its sensors kept exactly the same values for 2 h, at any partition of the run. "
+        "Needs <site>/points.",
+    ),
+    CheckInfo(
+        "numeric_values", False,
+        "WARN on non-numeric text or sentinel readings (-999, 99999, 32767, 65535, -273.15), or "
+        "when more than 1 % of the window's samples are null/NaN/inf.",
+    ),
+)
+CHECK_NAMES = tuple(c.name for c in CHECKS)
+
+
+def utc_now() -> datetime:
+    """The clock the future-sample rule reads (one place, so a test can move it)."""
+    return datetime.now(UTC)
+
+
+def timeseries_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    """The checks of one site's timeseries asset; they run in the asset's own step."""
+    return [
+        dg.AssetCheckSpec(c.name, asset=asset_key, blocking=c.blocking, description=c.description)
+        for c in CHECKS
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Before the store
+
+
+def count_future(samples: pa.Table, now: datetime, thresholds: QualityThresholds) -> int:
+    """Rows stamped later than now + tolerance (run on the source's rows, before cleaning)."""
+    if samples.num_rows == 0:
+        return 0
+    limit = (now + timedelta(minutes=thresholds.future_tolerance_minutes)).astimezone(UTC)
+    limit = pa.scalar(limit.replace(tzinfo=None), samples.schema.field("ts").type)
+    return int(pc.sum(pc.greater(samples.column("ts"), limit)).as_py() or 0)
+
+
+def load_points(conn: duckdb.DuckDBPyConnection, schema: str) -> pa.Table | None:
+    """The site's configured points as stored by `<site>/points`, or None if never materialized."""
+    if not table_exists(conn, schema, "points"):
+        return None
+    return conn.sql(f"SELECT * FROM {_q(schema)}.{_q('points')}").to_arrow_table()
+
+
+@dataclass
+class SourceFigures:
+    """What the source sent that never reached the store (counted while cleaning)."""
+
+    duplicates_dropped: int = 0
+    out_of_window_dropped: int = 0
+    future_rows_dropped: int = 0
+
+
+@dataclass
+class RunQuality:
+    """One run's quality: the rows for `<site>.quality` and what the checks need afterwards."""
+
+    site: str
+    schema: str
+    window: Window
+    thresholds: QualityThresholds
+    assessment: QualityAssessment
+    partition_figures: dict[str, dict] = field(default_factory=dict)
+
+    def bundle(self, samples: pa.Table) -> WindowBundle:
+        """The asset's output: the samples plus the quality rows, stored in one transaction."""
+        return WindowBundle(
+            rows=samples,
+            companions={
+                QUALITY_TABLE: CompanionTable(
+                    rows=self.assessment.rows,
+                    merge_keys=QUALITY_MERGE_KEYS,
+                    time_column=QUALITY_TIME_COLUMN,
+                )
+            },
+        )
+
+    def check_results(
+        self, database: str, samples: pa.Table, source: SourceFigures
+    ) -> list[dg.AssetCheckResult]:
+        """Verify the stored window (after the store), then one result per check."""
+        now = utc_now()
+        future_after = now + timedelta(minutes=self.thresholds.future_tolerance_minutes)
+        try:
+            conn = connect_duckdb(database)
+            try:
+                stored = verify_stored(
+                    conn, schema=self.schema, samples=samples, window=self.window,
+                    future_after=future_after,
+                    expected_rows=samples.num_rows + self.assessment.kept_keys,
+                )
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001 - reported as failed checks, see below
+            stored = exc
+        return build_results(self, stored, source, now)
+
+
+def assess_run(
+    database: str, site: str, schema: str, samples: pa.Table, window: Window,
+    thresholds: QualityThresholds,
+) -> RunQuality:
+    """Read the points and the bounded stored history, and judge the window (before the store)."""
+    conn = connect_duckdb(database)
+    try:
+        points = load_points(conn, schema)
+        rules = point_rules(points, thresholds)
+        assessment = assess_window(
+            conn, schema=schema, samples=samples, window=window, rules=rules,
+            thresholds=thresholds,
+        )
+    finally:
+        conn.close()
+    return RunQuality(
+        site=site, schema=schema, window=window, thresholds=thresholds, assessment=assessment,
+        partition_figures=assessment.partition_figures,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# After the store
+
+
+@dataclass
+class StoredFigures:
+    """What the stored window holds, after the store."""
+
+    stored_rows: int = 0
+    expected_rows: int = 0  # the run's rows + the stored rows it did not re-fetch
+    reconciled: bool = True  # stored_rows == expected_rows: no exact key queries were needed
+    duplicate_keys: int = 0
+    duplicate_extra_rows: int = 0
+    duplicate_examples: list[tuple] = field(default_factory=list)
+    future_rows: int = 0
+    newest_ts: datetime | None = None
+    future_examples: list[tuple] = field(default_factory=list)
+    not_stored: int = 0
+    not_stored_examples: list[tuple] = field(default_factory=list)
+
+
+def verify_stored(
+    conn: duckdb.DuckDBPyConnection, *, schema: str, samples: pa.Table, window: Window,
+    future_after: datetime, expected_rows: int,
+) -> StoredFigures:
+    """Future samples, duplicates and run samples missing from the stored window.
+
+    One bounded scan counts the window's rows. After a correct merge the window holds exactly
+    `expected_rows` (the run's rows plus the distinct stored keys it did not re-fetch), so when
+    the counts agree there is nothing to look for; only when they differ are the exact (and, on
+    a day of a big site, seconds-long) key queries run: a GROUP BY for duplicates and an anti
+    join for the run's samples the window lacks.
+    """
+    figures = StoredFigures(expected_rows=expected_rows)
+    if not table_exists(conn, schema, "timeseries"):
+        figures.reconciled = False
+        figures.not_stored = samples.num_rows
+        figures.not_stored_examples = _head(samples)
+        return figures
+    table = f"{_q(schema)}.{_q('timeseries')}"
+    bounds = {"start": naive(window.start), "end": naive(window.end)}
+    future = naive(future_after)
+    in_window = f"SELECT point, ts FROM {table} WHERE ts >= $start AND ts < $end"
+
+    stored_rows, figures.newest_ts, future_rows = conn.sql(
+        f"SELECT count(*), max(ts), count(*) FILTER (ts > $future) FROM {table} "
+        f"WHERE ts >= $start AND ts < $end",
+        params={**bounds, "future": future},
+    ).fetchall()[0]
+    figures.stored_rows, figures.future_rows = int(stored_rows), int(future_rows)
+    if figures.future_rows:
+        figures.future_examples = conn.sql(
+            f"SELECT point, ts FROM {table} WHERE ts >= $start AND ts < $end AND ts > $future "
+            f"ORDER BY ts DESC, point LIMIT 5",
+            params={**bounds, "future": future},
+        ).fetchall()
+    figures.reconciled = figures.stored_rows == expected_rows
+    if figures.reconciled:
+        return figures
+
+    duplicates = f"SELECT point, ts, count(*) AS n FROM ({in_window}) GROUP BY ALL HAVING count(*) > 1"
+    keys, extra = conn.sql(
+        f"SELECT count(*), coalesce(sum(n - 1), 0) FROM ({duplicates})", params=bounds
+    ).fetchall()[0]
+    figures.duplicate_keys, figures.duplicate_extra_rows = int(keys), int(extra)
+    if keys:
+        figures.duplicate_examples = conn.sql(
+            f"SELECT * FROM ({duplicates}) ORDER BY ts, point LIMIT 5", params=bounds
+        ).fetchall()
+    view = "_quality_check_run_keys"
+    conn.register(view, samples.select(["point", "ts"]))
+    try:
+        missing = f"SELECT r.point, r.ts FROM {view} AS r ANTI JOIN ({in_window}) AS s USING (point, ts)"
+        figures.not_stored = int(
+            conn.sql(f"SELECT count(*) FROM ({missing})", params=bounds).fetchall()[0][0]
+        )
+        if figures.not_stored:
+            figures.not_stored_examples = conn.sql(
+                f"SELECT * FROM ({missing}) ORDER BY ts, point LIMIT 5", params=bounds
+            ).fetchall()
+    finally:
+        conn.unregister(view)
+    return figures
+
+
+def _head(samples: pa.Table, n: int = 5) -> list[tuple]:
+    return [(r["point"], r["ts"]) for r in samples.select(["point", "ts"]).slice(0, n).to_pylist()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def _fmt(value) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def md_table(headers: list[str], rows: list[tuple]) -> dg.MetadataValue:
+    """A small Markdown table for the UI (times are UTC)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _needs_points(name: str, rq: RunQuality) -> dg.AssetCheckResult | None:
+    if rq.assessment.points_known:
+        return None
+    message = (
+        f"skipped: table {rq.schema}.points is missing or empty; materialize "
+        f"{rq.schema}/points first (units, intervals and devices come from it)"
+    )
+    return dg.AssetCheckResult(
+        check_name=name, passed=True, severity=WARN, description=message,
+        metadata={"skipped": message},
+    )
+
+
+def build_results(
+    rq: RunQuality, stored: StoredFigures | Exception, source: SourceFigures, now: datetime
+) -> list[dg.AssetCheckResult]:
+    """One AssetCheckResult per check of CHECKS, in that order.
+
+    A check that cannot be evaluated (the stored window could not be read, a bug) is reported as
+    failed with the error, rather than failing the step: the samples are already stored, and a
+    step retry would fetch them all again for nothing.
+    """
+    con = duckdb.connect()
+    try:
+        con.register("points", rq.assessment.points)
+        con.register("devices", rq.assessment.devices)
+        builders = {
+            "no_duplicate_samples": lambda: _duplicates(rq, stored, source),
+            "no_future_samples": lambda: _future(rq, stored, source, now),
+            "samples_inside_window": lambda: _inside_window(rq, stored, source),
+            "completeness": lambda: _completeness(rq, con),
+            "values_in_physical_range": lambda: _physical_range(rq, con),
+            "no_flatlined_sensors": lambda: _flatlined(rq, con),
+            "no_stale_devices": lambda: _stale_devices(rq, con),
+            "numeric_values": lambda: _numeric(rq, con),
+        }
+        results = []
+        for info in CHECKS:
+            try:
+                if isinstance(stored, Exception) and info.blocking:
+                    raise stored
+                results.append(builders[info.name]())
+            except Exception as exc:  # noqa: BLE001
+                results.append(_not_evaluated(info, rq, exc))
+        return results
+    finally:
+        con.close()
+
+
+def _not_evaluated(info: CheckInfo, rq: RunQuality, exc: Exception) -> dg.AssetCheckResult:
+    message = f"could not be evaluated for {rq.window}: {type(exc).__name__}: {exc}"[:2000]
+    return dg.AssetCheckResult(
+        check_name=info.name, passed=False, severity=ERROR if info.blocking else WARN,
+        description=message, metadata={**_window_meta(rq), "error": message},
+    )
+
+
+def _window_meta(rq: RunQuality) -> dict:
+    return {"window": str(rq.window), "partitions": rq.window.partitions}
+
+
+def _stored_meta(stored: StoredFigures) -> dict:
+    return {
+        "stored_samples": stored.stored_rows,
+        "expected_stored_samples": stored.expected_rows,
+        "verified_by": "row count" if stored.reconciled else "key queries",
+    }
+
+
+def _duplicates(rq: RunQuality, stored: StoredFigures, source: SourceFigures) -> dg.AssetCheckResult:
+    passed = stored.duplicate_keys == 0
+    meta = {
+        **_window_meta(rq),
+        **_stored_meta(stored),
+        "duplicate_keys": stored.duplicate_keys,
+        "duplicate_extra_rows": stored.duplicate_extra_rows,
+        "source_duplicates_dropped": source.duplicates_dropped,
+    }
+    if stored.duplicate_examples:
+        meta["examples"] = md_table(["point", "ts (UTC)", "copies"], stored.duplicate_examples)
+    description = (
+        f"no (point, ts) stored twice in {rq.window}"
+        if passed
+        else f"{stored.duplicate_keys} (point, ts) keys are stored more than once in {rq.window} "
+        f"({stored.duplicate_extra_rows} extra rows): rows written by another tool or an older "
+        f"IO manager. Delete the extra copies (keep one per key) and re-run the window."
+    )
+    return dg.AssetCheckResult(
+        check_name="no_duplicate_samples", passed=passed, severity=ERROR, metadata=meta,
+        description=description,
+    )
+
+
+def _future(rq: RunQuality, stored: StoredFigures, source: SourceFigures, now: datetime) -> dg.AssetCheckResult:
+    passed = stored.future_rows == 0
+    meta = {
+        **_window_meta(rq),
+        "future_samples": stored.future_rows,
+        "now": now.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "tolerance_minutes": rq.thresholds.future_tolerance_minutes,
+        "source_future_rows_dropped": source.future_rows_dropped,
+    }
+    if stored.newest_ts is not None:
+        meta["newest_sample"] = stored.newest_ts.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if stored.future_examples:
+        meta["examples"] = md_table(["point", "ts (UTC)"], stored.future_examples)
+    description = (
+        "no stored sample of the window is in the future"
+        if passed
+        else f"{stored.future_rows} stored samples of {rq.window} are stamped after now + "
+        f"{rq.thresholds.future_tolerance_minutes:g} min ({now:%Y-%m-%d %H:%M} UTC): a device "
+        f"or gateway clock is ahead, or this host's clock is behind. Fix the clock, then delete "
+        f"those rows."
+    )
+    return dg.AssetCheckResult(
+        check_name="no_future_samples", passed=passed, severity=ERROR, metadata=meta,
+        description=description,
+    )
+
+
+def _inside_window(rq: RunQuality, stored: StoredFigures, source: SourceFigures) -> dg.AssetCheckResult:
+    passed = stored.not_stored == 0
+    meta = {
+        **_window_meta(rq),
+        **_stored_meta(stored),
+        "run_samples_not_in_window": stored.not_stored,
+        "out_of_window_dropped": source.out_of_window_dropped,
+    }
+    if stored.not_stored_examples:
+        meta["examples"] = md_table(["point", "ts (UTC)"], stored.not_stored_examples)
+    description = (
+        f"every sample fetched for {rq.window} is stored inside it"
+        if passed
+        else f"{stored.not_stored} samples fetched for {rq.window} are not stored inside it: the "
+        f"store shifted or lost them (a time-zone or IO-manager problem). Check the IO manager "
+        f"and re-run the window."
+    )
+    return dg.AssetCheckResult(
+        check_name="samples_inside_window", passed=passed, severity=ERROR, metadata=meta,
+        description=description,
+    )
+
+
+def _completeness(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    skipped = _needs_points("completeness", rq)
+    if skipped:
+        return skipped
+    t = rq.thresholds
+    per_point = (
+        "SELECT point, device, interval_s, expected, missing, last_seen, "
+        "100 * (1 - missing / expected) AS pct FROM points WHERE expected > 0"
+    )
+    expected, missing, evaluated, below_warn, below_error = con.sql(
+        f"SELECT coalesce(sum(expected), 0), coalesce(sum(missing), 0), count(*), "
+        f"count(*) FILTER (pct < {t.completeness_warn_pct}), "
+        f"count(*) FILTER (pct < {t.completeness_error_pct}) FROM ({per_point})"
+    ).fetchall()[0]
+    excluded = con.sql("SELECT count(*) FROM points WHERE expected IS NULL").fetchall()[0][0]
+    worst = con.sql(
+        f"SELECT point, device, interval_s, round(pct, 1), round(missing, 1), last_seen "
+        f"FROM ({per_point}) WHERE pct < 100 ORDER BY pct, point LIMIT {t.worst_points}"
+    ).fetchall()
+    pct = 100.0 * (1 - missing / expected) if expected else None
+    verdict = completeness_verdict(pct, t)
+    meta = {
+        **_window_meta(rq),
+        "expected_samples": round(float(expected), 1),
+        "received_samples": round(float(expected - missing), 1),
+        "missing_samples": round(float(missing), 1),
+        "points_evaluated": int(evaluated),
+        "points_below_warn": int(below_warn),
+        "points_below_error": int(below_error),
+        "points_excluded_cov_or_no_interval": int(excluded),
+        "warn_below_pct": t.completeness_warn_pct,
+        "error_below_pct": t.completeness_error_pct,
+    }
+    if pct is not None:
+        meta["completeness_pct"] = round(pct, 3)
+    if worst:
+        meta["worst_points"] = md_table(
+            ["point", "device", "interval s", "completeness %", "missing", "last seen (UTC)"], worst
+        )
+    if pct is None:
+        description = "no sampled points with a collect_interval: nothing to measure"
+    else:
+        description = (
+            f"{pct:.1f} % of the samples promised by {evaluated} sampled points arrived in "
+            f"{rq.window}; {below_warn} points below {t.completeness_warn_pct:g} %"
+        )
+        if worst:
+            description += f" (worst: {worst[0][0]} at {worst[0][3]} %)"
+    return dg.AssetCheckResult(
+        check_name="completeness", passed=verdict is None,
+        severity=ERROR if verdict == "ERROR" else WARN, metadata=meta, description=description,
+    )
+
+
+def _physical_range(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    skipped = _needs_points("values_in_physical_range", rq)
+    if skipped:
+        return skipped
+    checked, unchecked = con.sql(
+        "SELECT count(*) FILTER (range_lo IS NOT NULL), count(*) FILTER (range_lo IS NULL) FROM points"
+    ).fetchall()[0]
+    offenders = con.sql(
+        "SELECT point, unit, role, printf('%g..%g', round(range_lo, 2), round(range_hi, 2)), "
+        "out_of_range, oor_min, oor_max, oor_ts FROM points WHERE out_of_range > 0 "
+        "ORDER BY out_of_range DESC, point"
+    ).fetchall()
+    total = sum(r[4] for r in offenders)
+    meta = {
+        **_window_meta(rq),
+        "out_of_range_values": int(total),
+        "points_out_of_range": len(offenders),
+        "points_checked": int(checked),
+        "points_not_checked_unknown_unit": int(unchecked),
+    }
+    if offenders:
+        meta["worst_points"] = md_table(
+            ["point", "unit", "role", "range", "values", "min", "max", "first (UTC)"],
+            offenders[: rq.thresholds.worst_points],
+        )
+        first = offenders[0]
+        description = (
+            f"{total} readings of {len(offenders)} points outside their physical range in "
+            f"{rq.window}, e.g. {first[0]} ({first[2]}) read {first[5]:g}..{first[6]:g} "
+            f"{first[1]} (range {first[3]}): check the sensor, its wiring or its unit"
+        )
+    else:
+        description = f"all readings of {checked} unit-known points inside their physical range"
+    return dg.AssetCheckResult(
+        check_name="values_in_physical_range", passed=not offenders, severity=WARN,
+        metadata=meta, description=description,
+    )
+
+
+def _flatlined(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    skipped = _needs_points("no_flatlined_sensors", rq)
+    if skipped:
+        return skipped
+    t = rq.thresholds
+    checked = con.sql(
+        "SELECT count(*) FROM points WHERE flat_tolerance IS NOT NULL AND interval_s IS NOT NULL"
+    ).fetchall()[0][0]
+    flat = con.sql(
+        "SELECT point, device, unit, flat_value, flat_since, flat_partitions FROM points "
+        "WHERE flat_partitions > 0 ORDER BY flat_partitions DESC, point"
+    ).fetchall()
+    meta = {
+        **_window_meta(rq),
+        "flat_sensors": len(flat),
+        "sensors_checked": int(checked),
+        "flatline_minutes": t.flatline_minutes,
+    }
+    if flat:
+        meta["flat_points"] = md_table(
+            ["point", "device", "unit", "value", "flat since (UTC)", "partitions flagged"],
+            flat[: t.worst_points],
+        )
+        description = (
+            f"{len(flat)} sensors flat for {t.flatline_minutes} min or more in {rq.window}, "
+            f"e.g. {flat[0][0]} stuck at {flat[0][3]:g} {flat[0][2]} since {_fmt(flat[0][4])} "
+            f"UTC: a stuck or disconnected sensor, or a value frozen by the controller"
+        )
+    else:
+        description = f"none of {checked} sensors flat for {t.flatline_minutes} min"
+    return dg.AssetCheckResult(
+        check_name="no_flatlined_sensors", passed=not flat, severity=WARN, metadata=meta,
+        description=description,
+    )
+
+
+def _stale_devices(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    skipped = _needs_points("no_stale_devices", rq)
+    if skipped:
+        return skipped
+    t = rq.thresholds
+    devices = con.sql("SELECT count(*) FROM devices").fetchall()[0][0]
+    stale = con.sql(
+        "SELECT device, CASE WHEN silent_partitions > 0 THEN 'silent' "
+        "ELSE 'all sensors unchanged' END, first_stale, stale_partitions, last_seen "
+        "FROM devices WHERE stale_partitions > 0 ORDER BY stale_partitions DESC, device"
+    ).fetchall()
+    meta = {
+        **_window_meta(rq),
+        "stale_devices": len(stale),
+        "devices_checked": int(devices),
+        "silent_after_minutes": t.device_silent_minutes,
+        "unchanged_for_minutes": t.stale_device_minutes,
+    }
+    if stale:
+        meta["stale"] = md_table(
+            ["device", "why", "first stale partition (UTC)", "partitions", "last sample (UTC)"],
+            stale[: t.worst_points],
+        )
+        d = stale[0]
+        seen = f"last sample {_fmt(d[4])} UTC" if d[4] else "no sample in the history read"
+        description = (
+            f"{len(stale)} of {devices} devices stale in {rq.window}, e.g. {d[0]} ({d[1]}, {seen}): "
+            f"check the device, its network and the gateway"
+        )
+    else:
+        description = f"all {devices} devices reporting and changing"
+    return dg.AssetCheckResult(
+        check_name="no_stale_devices", passed=not stale, severity=WARN, metadata=meta,
+        description=description,
+    )
+
+
+def _numeric(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    t = rq.thresholds
+    samples, nulls, text, sentinels = con.sql(
+        "SELECT coalesce(sum(actual), 0), coalesce(sum(nulls), 0), coalesce(sum(non_numeric), 0), "
+        "coalesce(sum(sentinels), 0) FROM points"
+    ).fetchall()[0]
+    nan_or_null = nulls - text
+    null_pct = 100.0 * nan_or_null / samples if samples else 0.0
+    offenders = con.sql(
+        "SELECT point, nulls - non_numeric AS n_null, non_numeric, sentinels, bad_ts, bad_raw "
+        "FROM points WHERE nulls > 0 OR sentinels > 0 "
+        "ORDER BY non_numeric + sentinels DESC, n_null DESC, point"
+    ).fetchall()
+    passed = text == 0 and sentinels == 0 and null_pct <= t.numeric_max_null_pct
+    meta = {
+        **_window_meta(rq),
+        "samples": int(samples),
+        "nan_or_null_values": int(nan_or_null),
+        "null_pct": round(null_pct, 3),
+        "non_numeric_values": int(text),
+        "sentinel_values": int(sentinels),
+        "points_affected": len(offenders),
+        "max_null_pct": t.numeric_max_null_pct,
+    }
+    if offenders:
+        meta["worst_points"] = md_table(
+            ["point", "NaN/null", "text", "sentinels", "first (UTC)", "first wire value"],
+            offenders[: t.worst_points],
+        )
+    if passed:
+        description = (
+            f"no text or sentinel readings; {null_pct:.2f} % null/NaN "
+            f"(limit {t.numeric_max_null_pct:g} %)"
+        )
+    else:
+        parts = []
+        if text:
+            parts.append(f"{text} non-numeric text readings")
+        if sentinels:
+            parts.append(f"{sentinels} sentinel readings")
+        if null_pct > t.numeric_max_null_pct:
+            parts.append(f"{null_pct:.2f} % null/NaN readings (limit {t.numeric_max_null_pct:g} %)")
+        description = (
+            f"{', '.join(parts)} in {rq.window}, worst {offenders[0][0]}: check the point's "
+            f"configuration (a status or text object collected as a number?) and the device"
+        )
+    return dg.AssetCheckResult(
+        check_name="numeric_values", passed=passed, severity=WARN, metadata=meta,
+        description=description,
+    )

@@ -1,0 +1,34 @@
+"""Long backfills run as bounded chunks, each a normal range run on the instance."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import duckdb
+
+from vitals_pipeline.backfill import backfill
+from vitals_pipeline.config import Settings
+from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline.windows import Window, split_window, window_for_keys
+from vitals_pipeline_tests.conftest import SITE
+
+
+def test_split_window_covers_exactly_in_whole_partitions():
+    w = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 3, 5, tzinfo=UTC))
+    pieces = split_window(w, 24)
+    assert [p.partitions for p in pieces] == [288, 288, 60]
+    assert pieces[0].start == w.start and pieces[-1].end == w.end
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:], strict=False))
+
+
+def test_backfill_runs_one_run_per_chunk_and_stores_everything(sim, pipeline_env, monkeypatch):
+    monkeypatch.setenv("VITALS_CHECKS", "off")
+    window = window_for_keys("2026-03-09-10:00", "2026-03-09-11:55")
+    lines: list[str] = []
+    instance = dg.DagsterInstance.ephemeral()
+    results = backfill(build_definitions(Settings.from_env()), instance, [SITE], window, 1, lines.append)
+    assert [r.success for r in results] == [True, True]
+    assert len(lines) == 2 and lines[0].startswith("[1/2]")
+    assert len({r.run_id for r in results}) == 2
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0]
+    assert stored == len(sim.ground_truth(SITE, window.start, window.end)) == sum(r.samples for r in results)

@@ -1,0 +1,270 @@
+"""`vitals status`: healthy / degraded / down from a real instance and DuckDB file, a writer holding
+the file, the CLI's exit codes and JSON, and no enumeration of partition keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from vitals_pipeline.assets.site import range_tags
+from vitals_pipeline.automation.settings import AutomationSettings
+from vitals_pipeline.config import Settings
+from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline.status import (
+    DEGRADED,
+    DOWN,
+    HEALTHY,
+    Thresholds,
+    collect_status,
+    duckdb_figures,
+    render_text,
+    run_status,
+)
+from vitals_pipeline.windows import PARTITION, floor_to_partition, partition_key
+from vitals_pipeline_tests.conftest import SIM_KEY, SITE
+
+REPO = Path(__file__).resolve().parent.parent
+VITALS = Path(sys.executable).parent / "vitals"
+THRESHOLDS = Thresholds(degraded_minutes=15, down_minutes=60)
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def key(t: datetime) -> str:
+    return partition_key(t)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A DAGSTER_HOME with the shipped dagster.yaml, initialised once, as `vitals status` finds it."""
+    path = tmp_path / "dagster_home"
+    path.mkdir()
+    shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(path))
+    with dg.DagsterInstance.get() as instance:
+        instance.upgrade()
+    return path
+
+
+@pytest.fixture
+def loaded(sim, pipeline_env, home, monkeypatch):
+    """An hour up to the newest closed partition, loaded in one run on the real clock."""
+    sim.set_now(None)
+    end = floor_to_partition(datetime.now(UTC))
+    start = end - timedelta(hours=1)
+    monkeypatch.setenv("VITALS_PARTITIONS_START", key(start))
+    with dg.DagsterInstance.get() as instance:
+        result = run(instance, key(start), key(end - PARTITION))
+        assert result.success
+    return {"start": start, "end": end, "now": end + timedelta(minutes=1), "run_id": result.run_id}
+
+
+def run(instance, first, last, **env):
+    defs = build_definitions(Settings.from_env())
+    job = defs.resolve_job_def(f"{SITE}_timeseries")
+    with _env(env):
+        return job.execute_in_process(
+            instance=instance, tags=range_tags(first, last), raise_on_error=False, run_config=QUIET
+        )
+
+
+class _env:
+    def __init__(self, values):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        for name, value in self.values.items():
+            self.saved[name] = os.environ.get(name)
+            os.environ[name] = value
+
+    def __exit__(self, *exc):
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def status_at(now, **kwargs):
+    with dg.DagsterInstance.get() as instance:
+        return collect_status(instance, Settings.from_env(), THRESHOLDS, now=now, **kwargs)
+
+
+def test_healthy(loaded):
+    report = status_at(loaded["now"])
+    assert report["health"] == HEALTHY and report["exit_code"] == 0
+    [site] = report["sites"]
+    assert site["newest_partition"] == key(loaded["end"] - PARTITION)
+    assert site["lag_minutes"] == 1.0
+    assert site["missing_partitions"] == site["failed_partitions"] == 0 and site["gaps"] == []
+    assert site["last_run"]["run_id"] == loaded["run_id"] and site["last_run"]["status"] == "SUCCESS"
+    [recent] = site["recent_runs"]
+    assert recent["partitions"] == 12 and recent["samples"] > 0 and recent["retries"] == 0
+    assert recent["api_seconds"] is not None and recent["duration_seconds"] > 0
+    assert site["failed_runs_24h"] == 0
+    db = report["duckdb"]
+    assert db["state"] == "ok" and db["size_bytes"] > 0
+    assert db["sites"][SITE]["samples"] == recent["samples"] and db["sites"][SITE]["points"] == 60
+    text = render_text(report)
+    assert "HEALTHY (exit 0)" in text and SITE in text and "recent runs" in text
+
+
+def test_degraded_when_lagging_and_down_when_stale(loaded):
+    report = status_at(loaded["now"] + timedelta(minutes=20))
+    assert report["health"] == DEGRADED and report["exit_code"] == 1
+    [site] = report["sites"]
+    assert site["lag_minutes"] == 21.0
+    assert any("degraded above 15 min" in r for r in site["reasons"])
+    # The partitions closed since are missing (the schedule did not run them).
+    assert site["missing_partitions"] == 3 and site["gaps"] == [
+        f"{key(loaded['end'])}...{key(loaded['end'] + 2 * PARTITION)}"
+    ]
+
+    report = status_at(loaded["now"] + timedelta(hours=2))
+    assert report["health"] == DOWN and report["exit_code"] == 2
+    assert "down above 60 min" in report["sites"][0]["reasons"][0]
+
+
+def test_degraded_by_a_failed_run_with_its_error(loaded):
+    failed_key = key(loaded["end"] - 4 * PARTITION)
+    with dg.DagsterInstance.get() as instance:
+        failure = run(instance, failed_key, failed_key, ACE_API_KEY="not-the-key")
+    assert not failure.success
+    report = status_at(loaded["now"])
+    [site] = report["sites"]
+    assert report["health"] == DEGRADED
+    assert site["last_run"]["status"] == "FAILURE"
+    assert site["failed_partitions"] == 1 and site["gaps"] == [f"{failed_key}...{failed_key}"]
+    assert site["failed_runs_24h"] == 1
+    [failed] = site["failed_runs"]
+    assert failed["run_id"] == failure.run_id and failed["window"].startswith(f"[{failed_key}")
+    assert "key" in " ".join(failed["errors"]).lower()
+    text = render_text(report)
+    assert failure.run_id[:8] in text and "not-the-key" not in text and SIM_KEY not in text
+    # The data from before is still there: the newest partition did not go back.
+    assert site["newest_partition"] == key(loaded["end"] - PARTITION)
+
+
+def test_down_when_nothing_was_ever_materialized(sim, pipeline_env, home):
+    report = status_at(datetime.now(UTC))
+    assert report["health"] == DOWN and report["exit_code"] == 2
+    assert report["sites"][0]["newest_partition"] is None
+    assert report["duckdb"]["state"] == "absent"
+    assert "DOWN (exit 2)" in render_text(report)
+
+
+def test_thresholds_come_from_the_environment():
+    settings = AutomationSettings.from_env(
+        {"VITALS_STATUS_DEGRADED_MINUTES": "30", "VITALS_STATUS_DOWN_MINUTES": "240"}
+    )
+    assert Thresholds.from_settings(settings) == Thresholds(30, 240)
+
+
+def test_status_never_lists_all_partition_keys(loaded, monkeypatch):
+    monkeypatch.setenv("VITALS_PARTITIONS_START", key(loaded["end"] - timedelta(days=400)))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("listed every partition key")
+
+    monkeypatch.setattr(dg.TimeWindowPartitionsDefinition, "get_partition_keys", refuse)
+    started = time.perf_counter()
+    report = status_at(loaded["now"])
+    elapsed = time.perf_counter() - started
+    [site] = report["sites"]
+    assert site["newest_partition"] == key(loaded["end"] - PARTITION)
+    # 24 h back, only the last hour was loaded.
+    assert site["missing_partitions"] == 288 - 11
+    assert elapsed < 3
+
+
+def test_configuration_error_is_a_message_not_a_traceback(monkeypatch):
+    monkeypatch.delenv("ACE_SITES", raising=False)
+    lines: list[str] = []
+    assert run_status(as_json=False, recent_runs=5, duckdb_wait_seconds=0, echo=lines.append) == 2
+    assert "ACE_SITES" in lines[0] and "Traceback" not in lines[0]
+    lines.clear()
+    assert run_status(as_json=True, recent_runs=5, duckdb_wait_seconds=0, echo=lines.append) == 2
+    assert json.loads(lines[0])["health"] == DOWN
+
+
+# --------------------------------------------------------------------------------------------
+# DuckDB while a run writes
+
+
+HOLD_WRITE_LOCK = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+con.execute("CREATE TABLE IF NOT EXISTS writer_probe (x INTEGER)")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def hold_write_lock(path: str, seconds: float) -> subprocess.Popen:
+    """Another process with the DuckDB file open for writing, as a run's IO manager has it."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, path, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline().strip() == "locked"
+    return writer
+
+
+def test_duckdb_busy_while_a_writer_holds_the_file(loaded, pipeline_env):
+    path = pipeline_env["VITALS_DUCKDB_PATH"]
+    writer = hold_write_lock(path, 30)
+    try:
+        started = time.monotonic()
+        figures = duckdb_figures(path, [SITE], wait_seconds=1.0)
+        assert figures["state"] == "busy" and "waited 1 s" in figures["detail"]
+        assert 1.0 <= time.monotonic() - started < 3
+        assert figures["size_bytes"] > 0
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_duckdb_waits_for_a_short_write(loaded, pipeline_env):
+    path = pipeline_env["VITALS_DUCKDB_PATH"]
+    writer = hold_write_lock(path, 1.5)
+    try:
+        figures = duckdb_figures(path, [SITE], wait_seconds=10.0)
+        assert figures["state"] == "ok" and figures["sites"][SITE]["samples"] > 0
+    finally:
+        writer.wait()
+
+
+def cli_status(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VITALS), "status", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
+
+
+@pytest.mark.slow
+def test_cli_json_exit_code_and_a_concurrent_writer(loaded, pipeline_env):
+    """The command as an operator runs it, while a run holds DuckDB: JSON, exit 0, no traceback."""
+    writer = hold_write_lock(pipeline_env["VITALS_DUCKDB_PATH"], 60)
+    try:
+        started = time.monotonic()
+        result = cli_status("--json", "--duckdb-wait", "1")
+        elapsed = time.monotonic() - started
+    finally:
+        writer.kill()
+        writer.wait()
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 == report["exit_code"], result.stdout
+    assert report["duckdb"]["state"] == "busy"
+    assert report["sites"][0]["newest_partition"] == key(loaded["end"] - PARTITION)
+    assert elapsed < 15
+
+    text = cli_status()
+    assert text.returncode == 0 and "HEALTHY (exit 0)" in text.stdout and "samples from 60 points" in text.stdout
