@@ -11,7 +11,8 @@ inside the runs: the assessment before the store (points, bounded history, the g
 table's share of the store (its frame check and merge) and the checks after the store (count
 reconciliation of the stored window, results). Dagster's own bookkeeping is reported apart: when
 a range run is created, Dagster 1.13 writes one "planned" row per check and partition (8 x 288 on
-a day), timed as the difference in run-creation time.
+a day), timed as the difference in run-creation time. After each day, a scheduled-style tick
+(the newest partition plus 10 minutes of lookback, re-fetched over the stored day) is timed too.
 
     .venv/bin/python bench/checks_cost.py [--points 4500] [--hours 24] [--rounds 1]
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,7 +204,10 @@ def main() -> None:
                     "VITALS_CHECKS": mode,
                 }
                 env.pop("DAGSTER_HOME", None)
-                row = run_child(mode, env, first, last)
+                try:
+                    row = run_child(mode, env, first, last)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
                 rows.append(row)
                 detail = (
                     f"; store {row['store']:.2f}s; run creation (planned events) "

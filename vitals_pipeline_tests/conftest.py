@@ -47,3 +47,24 @@ def pipeline_env(monkeypatch, tmp_path, server):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _keep_ephemeral_instances_alive(monkeypatch):
+    """A run result holds only a weak reference to its instance: when a test passes
+    `DagsterInstance.ephemeral()` inline and the garbage collector runs before it reads the
+    result's events, Dagster raises "Attempted to resolve undefined DagsterInstance weakref"
+    (seen under `-n 2` load). Keep every ephemeral instance alive until the test ends."""
+    import dagster as dg
+
+    kept: list = []
+    original = dg.DagsterInstance.ephemeral
+
+    def ephemeral(*args, **kwargs):
+        instance = original(*args, **kwargs)
+        kept.append(instance)
+        return instance
+
+    monkeypatch.setattr(dg.DagsterInstance, "ephemeral", staticmethod(ephemeral))
+    yield
+    kept.clear()

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import orjson
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitals_pipeline.ace.parse import (
@@ -99,3 +99,40 @@ def test_points_table_keeps_interval_and_his_mode():
     assert table.column("collect_interval").to_pylist() == [60, None]
     assert table.column("his_mode").to_pylist() == ["sampled", "cov"]
     assert table.column("unit").to_pylist() == ["percent", None]
+
+
+# Any wire string: value = Python float() of it when it is a finite decimal number (surrounding
+# whitespace allowed), else NULL with the exact wire string kept in raw_value. Mixed into pages
+# of numbers, so both the fast path (a page of numbers) and the slow path (text in the page) run.
+_NUMBER_TEXT = st.from_regex(
+    r"[+-]?([0-9]{1,20}\.?[0-9]{0,20}|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?", fullmatch=True
+)
+_WIRE_VALUE = st.one_of(
+    _NUMBER_TEXT,
+    _NUMBER_TEXT.map(lambda s: f" {s}\t"),
+    st.sampled_from(["NaN", "nan", "inf", "-inf", "Infinity", "1e999", "-1e999", "", " ", "fault",
+                     "offline", "0x1A", "1_000", "1e", ".", "+", "--1", "1.2.3", "true", "null"]),
+    st.text(alphabet="0123456789.eE+-nafiNAFI x_", max_size=8),
+    st.none(),
+)
+
+
+def _model(text):
+    import math
+    import re
+
+    if text is None:
+        return None, None
+    stripped = text.strip()
+    if re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", stripped):
+        number = float(stripped)
+        if math.isfinite(number):
+            return number, None
+    return None, text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_WIRE_VALUE, min_size=1, max_size=20))
+def test_any_wire_value_parses_like_the_model(texts):
+    value, raw = _values(texts)
+    assert list(zip(value, raw, strict=True)) == [_model(t) for t in texts]

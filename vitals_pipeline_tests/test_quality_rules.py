@@ -235,7 +235,7 @@ def test_complete_points_are_ok_and_counts_are_per_partition():
     sp = got[(SP[0], at(10))]
     assert (sp["expected"], sp["actual"], sp["missing"], sp["status"]) == (1.0, 1, 0.0, "ok")
     assert a.partition_figures["2026-03-09-10:05"] == {
-        "points_reporting": 2, "null_pct": 0.0, "points_down": 0, "points_fault": 0,
+        "points_reporting": 2, "null_pct": 0.0,
         "completeness_pct": 100.0,
     }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
 from vitals_pipeline.assets.site import range_tags
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
@@ -42,10 +43,9 @@ def key(t: datetime) -> str:
     return partition_key(t)
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
+def make_home(base: Path, monkeypatch) -> Path:
     """A DAGSTER_HOME with the shipped dagster.yaml, initialised once, as `vitals status` finds it."""
-    path = tmp_path / "dagster_home"
+    path = base / "dagster_home"
     path.mkdir()
     shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(path))
@@ -54,10 +54,8 @@ def home(tmp_path, monkeypatch):
     return path
 
 
-@pytest.fixture
-def loaded(sim, pipeline_env, home, monkeypatch):
+def load_last_hour(monkeypatch) -> dict:
     """An hour up to the newest closed partition, loaded in one run on the real clock."""
-    sim.set_now(None)
     end = floor_to_partition(datetime.now(UTC))
     start = end - timedelta(hours=1)
     monkeypatch.setenv("VITALS_PARTITIONS_START", key(start))
@@ -65,6 +63,50 @@ def loaded(sim, pipeline_env, home, monkeypatch):
         result = run(instance, key(start), key(end - PARTITION))
         assert result.success
     return {"start": start, "end": end, "now": end + timedelta(minutes=1), "run_id": result.run_id}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    return make_home(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One loaded instance and DuckDB file for the tests that only read them (a run costs
+    seconds): its own simulator on the real clock, its environment kept for the module."""
+    base = tmp_path_factory.mktemp("status")
+    simulator = Simulator(SimulatorConfig(sites=[SiteSpec(SITE, points=60, seed=3)], api_key=SIM_KEY))
+    with SimulatorServer(simulator) as server, pytest.MonkeyPatch.context() as mp:
+        env = {
+            "ACE_API_URL": server.url,
+            "ACE_API_KEY": SIM_KEY,
+            "ACE_SITES": SITE,
+            "VITALS_DUCKDB_PATH": str(base / "vitals.duckdb"),
+        }
+        for name, value in env.items():
+            mp.setenv(name, value)
+        make_home(base, mp)
+        state = load_last_hour(mp)
+        env.update(
+            DAGSTER_HOME=os.environ["DAGSTER_HOME"],
+            VITALS_PARTITIONS_START=os.environ["VITALS_PARTITIONS_START"],
+        )
+        yield {**state, "env": env}
+
+
+@pytest.fixture
+def loaded(shared, monkeypatch):
+    """The shared loaded instance, its environment in place (read it, do not run into it)."""
+    for name, value in shared["env"].items():
+        monkeypatch.setenv(name, value)
+    return shared
+
+
+@pytest.fixture
+def loaded_own(sim, pipeline_env, home, monkeypatch):
+    """A loaded instance of this test's own, to add runs to."""
+    sim.set_now(None)
+    return load_last_hour(monkeypatch)
 
 
 def run(instance, first, last, **env):
@@ -133,7 +175,8 @@ def test_degraded_when_lagging_and_down_when_stale(loaded):
     assert "down above 60 min" in report["sites"][0]["reasons"][0]
 
 
-def test_degraded_by_a_failed_run_with_its_error(loaded):
+def test_degraded_by_a_failed_run_with_its_error(loaded_own):
+    loaded = loaded_own
     failed_key = key(loaded["end"] - 4 * PARTITION)
     with dg.DagsterInstance.get() as instance:
         failure = run(instance, failed_key, failed_key, ACE_API_KEY="not-the-key")
@@ -218,8 +261,8 @@ def hold_write_lock(path: str, seconds: float) -> subprocess.Popen:
     return writer
 
 
-def test_duckdb_busy_while_a_writer_holds_the_file(loaded, pipeline_env):
-    path = pipeline_env["VITALS_DUCKDB_PATH"]
+def test_duckdb_busy_while_a_writer_holds_the_file(loaded):
+    path = loaded["env"]["VITALS_DUCKDB_PATH"]
     writer = hold_write_lock(path, 30)
     try:
         started = time.monotonic()
@@ -232,8 +275,8 @@ def test_duckdb_busy_while_a_writer_holds_the_file(loaded, pipeline_env):
         writer.wait()
 
 
-def test_duckdb_waits_for_a_short_write(loaded, pipeline_env):
-    path = pipeline_env["VITALS_DUCKDB_PATH"]
+def test_duckdb_waits_for_a_short_write(loaded):
+    path = loaded["env"]["VITALS_DUCKDB_PATH"]
     writer = hold_write_lock(path, 1.5)
     try:
         figures = duckdb_figures(path, [SITE], wait_seconds=10.0)
@@ -249,9 +292,9 @@ def cli_status(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_cli_json_exit_code_and_a_concurrent_writer(loaded, pipeline_env):
+def test_cli_json_exit_code_and_a_concurrent_writer(loaded):
     """The command as an operator runs it, while a run holds DuckDB: JSON, exit 0, no traceback."""
-    writer = hold_write_lock(pipeline_env["VITALS_DUCKDB_PATH"], 60)
+    writer = hold_write_lock(loaded["env"]["VITALS_DUCKDB_PATH"], 60)
     try:
         started = time.monotonic()
         result = cli_status("--json", "--duckdb-wait", "1")

@@ -99,3 +99,62 @@ def test_following_the_server_cursor_loops_inside_a_big_timestamp():
     page2, server2 = _server_page(rows, server1, 3, defect=True)
     page3, server3 = _server_page(rows, server2, 3, defect=True)
     assert server2 == server3 and page2 == page3  # the naive loop never ends
+
+
+# The real pagination loop (AceClient.iter_timeseries_pages: computed cursor, repeated-page
+# guard) against the model server over an in-memory transport: any page size (not only ACE's
+# allowed ones), any bucket sizes, the cursor defect, and a server that repeats the previous
+# page's last row on every page. Every row comes back; after de-duplication, exactly once.
+
+
+def _model_transport(rows, page_size, defect, repeat_last):
+    import httpx
+    import orjson
+
+    def handler(request):
+        token = request.url.params.get("cursor")
+        cursor = wire.Cursor.decode(token) if token else None
+        page, nxt = _server_page(rows, cursor, page_size, defect)
+        if page and cursor is not None and repeat_last:
+            ts = wire.format_wire_time(cursor.timestamp)
+            start = next(i for i, r in enumerate(rows) if r[1] >= ts) + cursor.offset
+            page = rows[start - 1 : start] + page
+        body = {
+            "point_samples": [{"name": n, "time": t, "value": "1.0"} for n, t in page],
+            "next_cursor": nxt.encode() if page else None,
+            "has_more": bool(page),
+        }
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    return httpx.MockTransport(handler)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    buckets=st.lists(st.integers(min_value=1, max_value=50), min_size=0, max_size=20),
+    data=st.data(),
+    defect=st.booleans(),
+    repeat_last=st.booleans(),
+)
+def test_client_pagination_loop_returns_every_row_exactly_once(buckets, data, defect, repeat_last):
+    import httpx
+
+    from vitals_pipeline.ace.client import AceClient, FetchStats
+
+    rows = _rows(buckets)
+    # Any page size from 1 up, capped below at ~25 pages per example to keep the test quick.
+    page_size = data.draw(st.integers(min_value=max(1, len(rows) // 25), max_value=70))
+    client = AceClient("http://ace.test/api", "k", page_size=50000, sleep=lambda s: None)
+    client._http = httpx.Client(
+        base_url="http://ace.test/api/", transport=_model_transport(rows, page_size, defect, repeat_last)
+    )
+    stats = FetchStats()
+    with client:
+        got = [
+            (n, t)
+            for batch in client.iter_timeseries_pages("s", T0, T0 + timedelta(days=1), stats)
+            for n, t in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+        ]
+    assert list(dict.fromkeys(got)) == rows
+    assert len(got) == len(rows) + (max(stats.pages - 1, 0) if repeat_last else 0)
+    assert stats.pages == -(-len(rows) // page_size)

@@ -558,7 +558,7 @@ def judge(
         n_values=n_values, first=first, h=h, window_start=window_start, history_us=start_us - hstart_us,
         t=t,
     )
-    figures = _partition_figures(window_start, expected, missing, actual, nulls, status, sampled)
+    figures = _partition_figures(window_start, expected, missing, actual, nulls, sampled)
     return QualityAssessment(
         rows=rows,
         points=points,
@@ -679,23 +679,20 @@ def _reasons(*, down, seen, last_seen, expected, missing, nulls, non_numeric, se
     )
 
 
-def _partition_figures(window_start, expected, missing, actual, nulls, status, sampled) -> dict:
+def _partition_figures(window_start, expected, missing, actual, nulls, sampled) -> dict:
     """Site figures per partition key: completeness_pct (sampled points), points_reporting,
-    null_pct, points_down, points_fault (numbers Dagster plots over time)."""
+    null_pct (numbers Dagster plots over time; every key costs a little on each of a range
+    run's materialization events, so only these)."""
     exp = np.where(sampled, expected, 0.0).sum(axis=0)
     miss = np.where(sampled, np.nan_to_num(missing), 0.0).sum(axis=0)
     samples = actual.sum(axis=0)
     null_count = nulls.sum(axis=0)
     reporting = (actual > 0).sum(axis=0)
-    down = (status == _S_DOWN).sum(axis=0)
-    fault = (status == _S_FAULT).sum(axis=0)
     figures = {}
     for i, start in enumerate(window_start.tolist()):
         entry: dict[str, float | int] = {
             "points_reporting": int(reporting[i]),
             "null_pct": round(100.0 * float(null_count[i]) / float(samples[i]), 3) if samples[i] else 0.0,
-            "points_down": int(down[i]),
-            "points_fault": int(fault[i]),
         }
         if exp[i] > 0:
             entry["completeness_pct"] = round(100.0 * (1 - float(miss[i]) / float(exp[i])), 3)

@@ -335,31 +335,28 @@ def build_results(
     failed with the error, rather than failing the step: the samples are already stored, and a
     step retry would fetch them all again for nothing.
     """
-    con = duckdb.connect()
-    try:
-        con.register("points", rq.assessment.points)
-        con.register("devices", rq.assessment.devices)
-        builders = {
-            "no_duplicate_samples": lambda: _duplicates(rq, stored, source),
-            "no_future_samples": lambda: _future(rq, stored, source, now),
-            "samples_inside_window": lambda: _inside_window(rq, stored, source),
-            "completeness": lambda: _completeness(rq, con),
-            "values_in_physical_range": lambda: _physical_range(rq, con),
-            "no_flatlined_sensors": lambda: _flatlined(rq, con),
-            "no_stale_devices": lambda: _stale_devices(rq, con),
-            "numeric_values": lambda: _numeric(rq, con),
-        }
-        results = []
-        for info in CHECKS:
-            try:
-                if isinstance(stored, Exception) and info.blocking:
-                    raise stored
-                results.append(builders[info.name]())
-            except Exception as exc:  # noqa: BLE001
-                results.append(_not_evaluated(info, rq, exc))
-        return results
-    finally:
-        con.close()
+    # One row per point / device: small enough for plain Python, even on a 4,500-point site.
+    points = rq.assessment.points.to_pylist()
+    devices = rq.assessment.devices.to_pylist()
+    builders = {
+        "no_duplicate_samples": lambda: _duplicates(rq, stored, source),
+        "no_future_samples": lambda: _future(rq, stored, source, now),
+        "samples_inside_window": lambda: _inside_window(rq, stored, source),
+        "completeness": lambda: _completeness(rq, points),
+        "values_in_physical_range": lambda: _physical_range(rq, points),
+        "no_flatlined_sensors": lambda: _flatlined(rq, points),
+        "no_stale_devices": lambda: _stale_devices(rq, devices),
+        "numeric_values": lambda: _numeric(rq, points),
+    }
+    results = []
+    for info in CHECKS:
+        try:
+            if isinstance(stored, Exception) and info.blocking:
+                raise stored
+            results.append(builders[info.name]())
+        except Exception as exc:  # noqa: BLE001
+            results.append(_not_evaluated(info, rq, exc))
+    return results
 
 
 def _not_evaluated(info: CheckInfo, rq: RunQuality, exc: Exception) -> dg.AssetCheckResult:
@@ -456,36 +453,29 @@ def _inside_window(rq: RunQuality, stored: StoredFigures, source: SourceFigures)
     )
 
 
-def _completeness(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+def _completeness(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
     skipped = _needs_points("completeness", rq)
     if skipped:
         return skipped
     t = rq.thresholds
-    per_point = (
-        "SELECT point, device, interval_s, expected, missing, last_seen, "
-        "100 * (1 - missing / expected) AS pct FROM points WHERE expected > 0"
-    )
-    expected, missing, evaluated, below_warn, below_error = con.sql(
-        f"SELECT coalesce(sum(expected), 0), coalesce(sum(missing), 0), count(*), "
-        f"count(*) FILTER (pct < {t.completeness_warn_pct}), "
-        f"count(*) FILTER (pct < {t.completeness_error_pct}) FROM ({per_point})"
-    ).fetchall()[0]
-    excluded = con.sql("SELECT count(*) FROM points WHERE expected IS NULL").fetchall()[0][0]
-    worst = con.sql(
-        f"SELECT point, device, interval_s, round(pct, 1), round(missing, 1), last_seen "
-        f"FROM ({per_point}) WHERE pct < 100 ORDER BY pct, point LIMIT {t.worst_points}"
-    ).fetchall()
+    sampled = [p for p in points if p["expected"]]
+    for p in sampled:
+        p["pct"] = 100.0 * (1 - p["missing"] / p["expected"])
+    expected = sum(p["expected"] for p in sampled)
+    missing = sum(p["missing"] for p in sampled)
+    worst = sorted((p for p in sampled if p["pct"] < 100), key=lambda p: (p["pct"], p["point"]))
     pct = 100.0 * (1 - missing / expected) if expected else None
     verdict = completeness_verdict(pct, t)
+    below_warn = sum(p["pct"] < t.completeness_warn_pct for p in sampled)
     meta = {
         **_window_meta(rq),
-        "expected_samples": round(float(expected), 1),
-        "received_samples": round(float(expected - missing), 1),
-        "missing_samples": round(float(missing), 1),
-        "points_evaluated": int(evaluated),
-        "points_below_warn": int(below_warn),
-        "points_below_error": int(below_error),
-        "points_excluded_cov_or_no_interval": int(excluded),
+        "expected_samples": round(expected, 1),
+        "received_samples": round(expected - missing, 1),
+        "missing_samples": round(missing, 1),
+        "points_evaluated": len(sampled),
+        "points_below_warn": below_warn,
+        "points_below_error": sum(p["pct"] < t.completeness_error_pct for p in sampled),
+        "points_excluded_cov_or_no_interval": sum(p["expected"] is None for p in points),
         "warn_below_pct": t.completeness_warn_pct,
         "error_below_pct": t.completeness_error_pct,
     }
@@ -493,53 +483,53 @@ def _completeness(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetChe
         meta["completeness_pct"] = round(pct, 3)
     if worst:
         meta["worst_points"] = md_table(
-            ["point", "device", "interval s", "completeness %", "missing", "last seen (UTC)"], worst
+            ["point", "device", "interval s", "completeness %", "missing", "last seen (UTC)"],
+            [(p["point"], p["device"], p["interval_s"], round(p["pct"], 1), round(p["missing"], 1),
+              p["last_seen"]) for p in worst[: t.worst_points]],
         )
     if pct is None:
         description = "no sampled points with a collect_interval: nothing to measure"
     else:
         description = (
-            f"{pct:.1f} % of the samples promised by {evaluated} sampled points arrived in "
+            f"{pct:.1f} % of the samples promised by {len(sampled)} sampled points arrived in "
             f"{rq.window}; {below_warn} points below {t.completeness_warn_pct:g} %"
         )
         if worst:
-            description += f" (worst: {worst[0][0]} at {worst[0][3]} %)"
+            description += f" (worst: {worst[0]['point']} at {worst[0]['pct']:.1f} %)"
     return dg.AssetCheckResult(
         check_name="completeness", passed=verdict is None,
         severity=ERROR if verdict == "ERROR" else WARN, metadata=meta, description=description,
     )
 
 
-def _physical_range(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+def _physical_range(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
     skipped = _needs_points("values_in_physical_range", rq)
     if skipped:
         return skipped
-    checked, unchecked = con.sql(
-        "SELECT count(*) FILTER (range_lo IS NOT NULL), count(*) FILTER (range_lo IS NULL) FROM points"
-    ).fetchall()[0]
-    offenders = con.sql(
-        "SELECT point, unit, role, printf('%g..%g', round(range_lo, 2), round(range_hi, 2)), "
-        "out_of_range, oor_min, oor_max, oor_ts FROM points WHERE out_of_range > 0 "
-        "ORDER BY out_of_range DESC, point"
-    ).fetchall()
-    total = sum(r[4] for r in offenders)
+    checked = sum(p["range_lo"] is not None for p in points)
+    offenders = sorted(
+        (p for p in points if p["out_of_range"]), key=lambda p: (-p["out_of_range"], p["point"])
+    )
+    total = sum(p["out_of_range"] for p in offenders)
     meta = {
         **_window_meta(rq),
-        "out_of_range_values": int(total),
+        "out_of_range_values": total,
         "points_out_of_range": len(offenders),
-        "points_checked": int(checked),
-        "points_not_checked_unknown_unit": int(unchecked),
+        "points_checked": checked,
+        "points_not_checked_unknown_unit": len(points) - checked,
     }
     if offenders:
         meta["worst_points"] = md_table(
             ["point", "unit", "role", "range", "values", "min", "max", "first (UTC)"],
-            offenders[: rq.thresholds.worst_points],
+            [(p["point"], p["unit"], p["role"], _range(p), p["out_of_range"], p["oor_min"],
+              p["oor_max"], p["oor_ts"]) for p in offenders[: rq.thresholds.worst_points]],
         )
         first = offenders[0]
         description = (
             f"{total} readings of {len(offenders)} points outside their physical range in "
-            f"{rq.window}, e.g. {first[0]} ({first[2]}) read {first[5]:g}..{first[6]:g} "
-            f"{first[1]} (range {first[3]}): check the sensor, its wiring or its unit"
+            f"{rq.window}, e.g. {first['point']} ({first['role']}) read {first['oor_min']:g}.."
+            f"{first['oor_max']:g} {first['unit']} (range {_range(first)}): check the sensor, its "
+            f"wiring or its unit"
         )
     else:
         description = f"all readings of {checked} unit-known points inside their physical range"
@@ -549,33 +539,37 @@ def _physical_range(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetC
     )
 
 
-def _flatlined(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+def _range(point: dict) -> str:
+    return f"{point['range_lo']:.4g}..{point['range_hi']:.4g}"
+
+
+def _flatlined(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
     skipped = _needs_points("no_flatlined_sensors", rq)
     if skipped:
         return skipped
     t = rq.thresholds
-    checked = con.sql(
-        "SELECT count(*) FROM points WHERE flat_tolerance IS NOT NULL AND interval_s IS NOT NULL"
-    ).fetchall()[0][0]
-    flat = con.sql(
-        "SELECT point, device, unit, flat_value, flat_since, flat_partitions FROM points "
-        "WHERE flat_partitions > 0 ORDER BY flat_partitions DESC, point"
-    ).fetchall()
+    checked = sum(p["flat_tolerance"] is not None and p["interval_s"] is not None for p in points)
+    flat = sorted(
+        (p for p in points if p["flat_partitions"]), key=lambda p: (-p["flat_partitions"], p["point"])
+    )
     meta = {
         **_window_meta(rq),
         "flat_sensors": len(flat),
-        "sensors_checked": int(checked),
+        "sensors_checked": checked,
         "flatline_minutes": t.flatline_minutes,
     }
     if flat:
         meta["flat_points"] = md_table(
             ["point", "device", "unit", "value", "flat since (UTC)", "partitions flagged"],
-            flat[: t.worst_points],
+            [(p["point"], p["device"], p["unit"], p["flat_value"], p["flat_since"],
+              p["flat_partitions"]) for p in flat[: t.worst_points]],
         )
+        first = flat[0]
         description = (
             f"{len(flat)} sensors flat for {t.flatline_minutes} min or more in {rq.window}, "
-            f"e.g. {flat[0][0]} stuck at {flat[0][3]:g} {flat[0][2]} since {_fmt(flat[0][4])} "
-            f"UTC: a stuck or disconnected sensor, or a value frozen by the controller"
+            f"e.g. {first['point']} stuck at {first['flat_value']:g} {first['unit']} since "
+            f"{_fmt(first['flat_since'])} UTC: a stuck or disconnected sensor, or a value frozen "
+            f"by the controller"
         )
     else:
         description = f"none of {checked} sensors flat for {t.flatline_minutes} min"
@@ -585,71 +579,73 @@ def _flatlined(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckR
     )
 
 
-def _stale_devices(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+def _stale_devices(rq: RunQuality, devices: list[dict]) -> dg.AssetCheckResult:
     skipped = _needs_points("no_stale_devices", rq)
     if skipped:
         return skipped
     t = rq.thresholds
-    devices = con.sql("SELECT count(*) FROM devices").fetchall()[0][0]
-    stale = con.sql(
-        "SELECT device, CASE WHEN silent_partitions > 0 THEN 'silent' "
-        "ELSE 'all sensors unchanged' END, first_stale, stale_partitions, last_seen "
-        "FROM devices WHERE stale_partitions > 0 ORDER BY stale_partitions DESC, device"
-    ).fetchall()
+    stale = sorted(
+        (d for d in devices if d["stale_partitions"]),
+        key=lambda d: (-d["stale_partitions"], d["device"]),
+    )
     meta = {
         **_window_meta(rq),
         "stale_devices": len(stale),
-        "devices_checked": int(devices),
+        "devices_checked": len(devices),
         "silent_after_minutes": t.device_silent_minutes,
         "unchanged_for_minutes": t.stale_device_minutes,
     }
+
+    def why(d: dict) -> str:
+        return "silent" if d["silent_partitions"] else "all sensors unchanged"
+
     if stale:
         meta["stale"] = md_table(
             ["device", "why", "first stale partition (UTC)", "partitions", "last sample (UTC)"],
-            stale[: t.worst_points],
+            [(d["device"], why(d), d["first_stale"], d["stale_partitions"], d["last_seen"])
+             for d in stale[: t.worst_points]],
         )
         d = stale[0]
-        seen = f"last sample {_fmt(d[4])} UTC" if d[4] else "no sample in the history read"
+        seen = f"last sample {_fmt(d['last_seen'])} UTC" if d["last_seen"] else "no sample in the history read"
         description = (
-            f"{len(stale)} of {devices} devices stale in {rq.window}, e.g. {d[0]} ({d[1]}, {seen}): "
-            f"check the device, its network and the gateway"
+            f"{len(stale)} of {len(devices)} devices stale in {rq.window}, e.g. {d['device']} "
+            f"({why(d)}, {seen}): check the device, its network and the gateway"
         )
     else:
-        description = f"all {devices} devices reporting and changing"
+        description = f"all {len(devices)} devices reporting and changing"
     return dg.AssetCheckResult(
         check_name="no_stale_devices", passed=not stale, severity=WARN, metadata=meta,
         description=description,
     )
 
 
-def _numeric(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+def _numeric(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
     t = rq.thresholds
-    samples, nulls, text, sentinels = con.sql(
-        "SELECT coalesce(sum(actual), 0), coalesce(sum(nulls), 0), coalesce(sum(non_numeric), 0), "
-        "coalesce(sum(sentinels), 0) FROM points"
-    ).fetchall()[0]
-    nan_or_null = nulls - text
+    samples = sum(p["actual"] for p in points)
+    text = sum(p["non_numeric"] for p in points)
+    sentinels = sum(p["sentinels"] for p in points)
+    nan_or_null = sum(p["nulls"] for p in points) - text
     null_pct = 100.0 * nan_or_null / samples if samples else 0.0
-    offenders = con.sql(
-        "SELECT point, nulls - non_numeric AS n_null, non_numeric, sentinels, bad_ts, bad_raw "
-        "FROM points WHERE nulls > 0 OR sentinels > 0 "
-        "ORDER BY non_numeric + sentinels DESC, n_null DESC, point"
-    ).fetchall()
+    offenders = sorted(
+        (p for p in points if p["nulls"] or p["sentinels"]),
+        key=lambda p: (-(p["non_numeric"] + p["sentinels"]), -(p["nulls"] - p["non_numeric"]), p["point"]),
+    )
     passed = text == 0 and sentinels == 0 and null_pct <= t.numeric_max_null_pct
     meta = {
         **_window_meta(rq),
-        "samples": int(samples),
-        "nan_or_null_values": int(nan_or_null),
+        "samples": samples,
+        "nan_or_null_values": nan_or_null,
         "null_pct": round(null_pct, 3),
-        "non_numeric_values": int(text),
-        "sentinel_values": int(sentinels),
+        "non_numeric_values": text,
+        "sentinel_values": sentinels,
         "points_affected": len(offenders),
         "max_null_pct": t.numeric_max_null_pct,
     }
     if offenders:
         meta["worst_points"] = md_table(
             ["point", "NaN/null", "text", "sentinels", "first (UTC)", "first wire value"],
-            offenders[: t.worst_points],
+            [(p["point"], p["nulls"] - p["non_numeric"], p["non_numeric"], p["sentinels"],
+              p["bad_ts"], p["bad_raw"]) for p in offenders[: t.worst_points]],
         )
     if passed:
         description = (
@@ -665,7 +661,7 @@ def _numeric(rq: RunQuality, con: duckdb.DuckDBPyConnection) -> dg.AssetCheckRes
         if null_pct > t.numeric_max_null_pct:
             parts.append(f"{null_pct:.2f} % null/NaN readings (limit {t.numeric_max_null_pct:g} %)")
         description = (
-            f"{', '.join(parts)} in {rq.window}, worst {offenders[0][0]}: check the point's "
+            f"{', '.join(parts)} in {rq.window}, worst {offenders[0]['point']}: check the point's "
             f"configuration (a status or text object collected as a number?) and the device"
         )
     return dg.AssetCheckResult(
