@@ -11,7 +11,7 @@ import dagster as dg
 from vitals_pipeline.assets.archive import build_archive_asset
 from vitals_pipeline.assets.hourly import build_automation_sensor, build_hourly_asset
 from vitals_pipeline.assets.quality_daily import build_quality_daily
-from vitals_pipeline.assets.site import build_site_assets
+from vitals_pipeline.assets.site import build_site_assets, points_key
 from vitals_pipeline.assets.weather import build_weather_asset
 from vitals_pipeline.automation import build_automation, with_timeseries_freshness
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -45,7 +45,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=automation.schedules,
         sensors=[
             *automation.sensors,
-            build_automation_sensor([a.key for a in derived]),
+            build_automation_sensor(
+                [a.key for a in derived] + [points_key(site) for site in settings.sites]
+            ),
             *quality_sensors,
         ],
         resources={

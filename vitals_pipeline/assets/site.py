@@ -163,6 +163,9 @@ def build_site_assets(
         pool="duckdb",
         kinds={"duckdb"},
         metadata={"site": site, "schema": slug, "merge_keys": ["name"]},
+        # Units and intervals drive the quality checks: load them once, then refresh hourly.
+        automation_condition=dg.AutomationCondition.on_missing()
+        | dg.AutomationCondition.on_cron("7 * * * *"),
         tags={"site": slug},
     )
     def points(context: dg.AssetExecutionContext, ace: AceResource) -> pa.Table:
