@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from vitals_pipeline.cli_simulate import simulate
 from vitals_pipeline.config import ConfigError
 
 DEMO_SITES = "demo_office,demo_lab"
@@ -252,7 +251,17 @@ def backfill(first: str, last: str, sites: str | None, chunk_hours: float) -> No
         raise SystemExit(1)
 
 
-main.add_command(simulate)
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+)
+@click.pass_context
+def simulate(ctx: click.Context) -> None:
+    """Serve the built-in ACE simulator (see `vitals simulate --help`)."""
+    # Imported here: the simulator's modules cost every other command's start-up time.
+    from vitals_pipeline.cli_simulate import simulate as command
+
+    command.main(args=ctx.args, prog_name="vitals simulate", standalone_mode=True)
 
 if __name__ == "__main__":
     main()

@@ -18,17 +18,17 @@ so nothing depends on the process time zone.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster._core.definitions.partitions.utils import TimeWindow
@@ -37,6 +37,9 @@ from dagster_duckdb import DuckDBIOManager
 from pydantic import Field
 
 from vitals_pipeline.storage.schema import column_definitions, duckdb_type, qualified_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 from vitals_pipeline.storage.schema import quote_identifier as _q
 
 # A run's window: [start, end) as naive UTC datetimes.
@@ -162,13 +165,25 @@ def window_from_time_window(time_window: TimeWindow) -> Window:
     return naive_utc(time_window.start), naive_utc(time_window.end)
 
 
+def _pandas():
+    """pandas, imported only when a DataFrame is really involved: it costs ~0.65 s per process
+    (every CLI command and run) and the pipeline's own frames are Arrow."""
+    import pandas
+
+    return pandas
+
+
+def _is_pandas_frame(obj: Any) -> bool:
+    return "pandas" in sys.modules and isinstance(obj, sys.modules["pandas"].DataFrame)
+
+
 def as_arrow(frame: pa.Table | pd.DataFrame) -> pa.Table:
     """The frame as Arrow, top-level timestamps as naive UTC microseconds.
 
     A zone-aware timestamp column keeps its instants (Arrow stores UTC); a nanosecond one (pandas)
     is cast to microseconds and fails if that would drop sub-microsecond digits.
     """
-    if isinstance(frame, pd.DataFrame):
+    if _is_pandas_frame(frame):
         frame = pa.Table.from_pandas(frame, preserve_index=False)
     if not isinstance(frame, pa.Table):
         raise TypeError(f"expected a pyarrow.Table or pandas.DataFrame, got {type(frame).__name__}")
@@ -629,13 +644,16 @@ class VitalsArrowTypeHandler(DbTypeHandler):
             time_column=time_column,
             window=window,
         )
-        if context.dagster_type.typing_type is pd.DataFrame:
+        if "pandas" in sys.modules and context.dagster_type.typing_type is _pandas().DataFrame:
             return table.to_pandas()
         return table
 
     @property
     def supported_types(self) -> Sequence[type]:
-        return [pa.Table, WindowBundle, pd.DataFrame]
+        # pandas.DataFrame is accepted only where pandas is already loaded (see _pandas).
+        return [pa.Table, WindowBundle] + (
+            [sys.modules["pandas"].DataFrame] if "pandas" in sys.modules else []
+        )
 
 
 class VitalsDuckDBClient(DbClient):
