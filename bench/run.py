@@ -146,6 +146,11 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=24.0, help="length of the benchmarked window")
     parser.add_argument("--cache-mb", type=int, default=1500)
     parser.add_argument("--skip-old", action="store_true")
+    parser.add_argument(
+        "--home-base",
+        default=None,
+        help="folder for DAGSTER_HOME and the DuckDB file (e.g. /dev/shm to take the disk's fsync cost out)",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
 
@@ -158,13 +163,15 @@ def main() -> None:
     results: dict[str, object] = {}
     try:
         print(f"simulator {url}: site {SITE!r}, {args.points} points x 1/min, {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC")
-        warm, _, _ = download_day(url, start, end, args.page_size)
-        print(f"warm-up pass (renders the simulator's cache): {warm:.1f}s")
+        # The floor as the issue defines it: the same pages downloaded and discarded, the server's
+        # own work included (first pass, cold cache). The pipeline then reads from a warm cache,
+        # so its figure is, if anything, flattered; the warm floor is printed for reference.
         floor, nbytes, pages = download_day(url, start, end, args.page_size)
+        warm, _, _ = download_day(url, start, end, args.page_size)
         results["floor"] = floor
-        print(f"floor: {floor:.2f}s for {pages} pages, {nbytes / 1e6:.0f} MB")
+        print(f"floor: {floor:.2f}s for {pages} pages, {nbytes / 1e6:.0f} MB (warm cache: {warm:.2f}s)")
 
-        work = Path(tempfile.mkdtemp(prefix="vitals-bench-"))
+        work = Path(tempfile.mkdtemp(prefix="vitals-bench-", dir=args.home_base))
         home = work / "home"
         home.mkdir()
         env = {
@@ -177,6 +184,7 @@ def main() -> None:
             "VITALS_DUCKDB_PATH": str(work / "vitals.duckdb"),
             "VITALS_PARTITIONS_START": (start - timedelta(days=1)).strftime("%Y-%m-%d-%H:%M"),
         }
+        (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
         subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, capture_output=True, check=False)
         first, last = partition_key(start), partition_key(end - PARTITION)
         wall, peak, _ = run_cli(
@@ -219,7 +227,8 @@ def main() -> None:
 
     ratio = results["pipeline"] / results["floor"]
     line = (
-        f"| {datetime.now(UTC):%Y-%m-%d} | {commit()} | {args.points}x{partitions * 5 // 60}h | "
+        f"| {datetime.now(UTC):%Y-%m-%d} | {commit()} | {args.points}x{partitions * 5 // 60}h"
+        f"{' (' + args.home_base + ')' if args.home_base else ''} | "
         f"{results['floor']:.1f} | {results['pipeline']:.1f} ({results['pipeline_run']:.1f} run) | "
         f"{ratio:.2f} | {results['stored'] / results['pipeline']:,.0f} | {results['rss'] / 2**20:.0f} | "
         f"{table_bytes / max(results['stored'], 1):.1f} | "
