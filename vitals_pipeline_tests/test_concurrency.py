@@ -30,7 +30,8 @@ class Reader(threading.Thread):
 
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
-        self.path, self.stop, self.reads, self.busy, self.errors = path, threading.Event(), 0, 0, []
+        self.path, self.stop, self.errors = path, threading.Event(), []
+        self.reads = self.busy = self.missing = 0
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -40,9 +41,12 @@ class Reader(threading.Thread):
                     time.sleep(0.1)
                 self.reads += 1
             except duckdb.IOException as exc:
-                if not any(w in str(exc).lower() for w in ("lock", "does not exist")):
+                if "lock" in str(exc).lower():
+                    self.busy += 1  # a writer has the file
+                elif "does not exist" in str(exc).lower():
+                    self.missing += 1  # before the first write
+                else:
                     self.errors.append(str(exc))
-                self.busy += 1
             except duckdb.Error as exc:  # the file half-created by the first writer
                 self.errors.append(str(exc))
             time.sleep(0.15)
@@ -100,7 +104,8 @@ def test_overlapping_runs_from_real_processes_all_succeed_exactly(
     assert status is not None and status.returncode in (0, 1, 2), status.stderr[-2000:]
     assert status.stdout.lstrip().startswith("{"), status.stdout[:500]
     assert not reader.errors, reader.errors
-    assert reader.reads + reader.busy > 0
+    # The reader read between the writes and found the file busy during them.
+    assert reader.reads > 0 and reader.busy > 0, (reader.reads, reader.busy, reader.missing)
 
     window = window_for_keys("2026-03-09-10:00", "2026-03-09-11:00")
     assert_exact(db, sim, window.start, window.end)
@@ -113,19 +118,8 @@ def test_overlapping_runs_from_real_processes_all_succeed_exactly(
         assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
         # Nothing left holding the duckdb pool.
         assert not instance.event_log_storage.get_concurrency_info("duckdb").claimed_slots
-        # The writers took turns: the timeseries steps' [start, success] never overlap. In the
-        # CLI too, Dagster claims the `duckdb` pool slot (dagster.yaml: limit 1) per step from
-        # the instance; the DuckDB lock retry covers the reader and `vitals status`.
-        steps = sorted(step_span(instance, r.dagster_run.run_id) for r in records)
-        for (_, done), (start, _) in zip(steps, steps[1:]):
-            assert start >= done, steps
-
-
-def step_span(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
-    times = {
-        e.dagster_event.event_type_value: e.timestamp
-        for e in instance.all_logs(run_id)
-        if e.dagster_event is not None and e.step_key == f"{SITE}__timeseries"
-        and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")
-    }
-    return times["STEP_START"], times["STEP_SUCCESS"]
+        # Usually the `duckdb` pool (dagster.yaml, limit 1), claimed per step from the instance,
+        # makes the CLI runs take turns too, but not always: once, two runs that started within
+        # 4 ms ran their timeseries steps at the same time. What keeps writers apart is the IO
+        # manager's DuckDB lock retry (and its one-transaction merge), so nothing here relies on
+        # the pool.

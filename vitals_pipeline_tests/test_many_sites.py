@@ -94,14 +94,16 @@ def test_a_schedule_tick_asks_for_at_most_one_run_per_site(pipeline_env, monkeyp
     assert len(schedules) == len(SITES), "one schedule per site"
     tick = datetime(2026, 3, 10, 11, 1, tzinfo=UTC)
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
-        sites_asked = []
-        for schedule in schedules:
-            requests = schedule.evaluate_tick(context).run_requests or []
-            assert len(requests) <= 1, schedule.name
-            job = defs.resolve_job_def(schedule.job_name)
-            selected = job.asset_layer.selected_asset_keys
-            assert len({key.path[0] for key in selected}) == 1, f"{schedule.job_name} spans sites"
-            sites_asked += [key.path[0] for key in selected for _ in requests]
+        # A context opened with `with` closes the instance it resolves (unclosed, it leaves
+        # Dagster pointing at a dead instance for later tests in the same worker).
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
+            sites_asked = []
+            for schedule in schedules:
+                requests = schedule.evaluate_tick(context).run_requests or []
+                assert len(requests) <= 1, schedule.name
+                job = defs.resolve_job_def(schedule.job_name)
+                selected = job.asset_layer.selected_asset_keys
+                assert len({key.path[0] for key in selected}) == 1, f"{schedule.job_name} spans sites"
+                sites_asked += [key.path[0] for key in selected for _ in requests]
     assert sorted(sites_asked) == SITES
     assert timeseries_key(SITES[0]) in defs.resolve_job_def(f"{SITES[0]}_timeseries").asset_layer.selected_asset_keys

@@ -131,7 +131,7 @@ def _model(text):
     return None, text
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(_WIRE_VALUE, min_size=1, max_size=20))
 def test_any_wire_value_parses_like_the_model(texts):
     value, raw = _values(texts)

@@ -518,3 +518,14 @@ def _classify(status: int, message: str | None, what: str) -> AceError:
     if status == 400:
         return AceRequestError(f"ACE refused {what} with HTTP 400: {message or ''}".rstrip())
     return AceError(f"ACE answered {what} with HTTP {status}: {message or 'no message'}")
+
+
+# Errors a retry cannot fix: the assets fail their step at once on these, without step retries.
+# (The site/window context is added by the asset that catches them.)
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (
+    AceAuthError,
+    AceNotFoundError,
+    AceRequestError,
+    AceUnreachableError,
+    wire.PageSizeError,
+)

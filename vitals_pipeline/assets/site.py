@@ -10,15 +10,8 @@ from datetime import UTC, datetime
 import dagster as dg
 import pyarrow as pa
 
-from vitals_pipeline.ace.client import (
-    AceAuthError,
-    AceNotFoundError,
-    AceRequestError,
-    AceUnreachableError,
-    FetchStats,
-)
+from vitals_pipeline.ace.client import FetchStats, PERMANENT_ERRORS
 from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_batch
-from vitals_pipeline.ace.wire import PageSizeError
 from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
@@ -27,11 +20,10 @@ from vitals_pipeline.samples import clean_window
 from vitals_pipeline.storage.schema import schema_name
 from vitals_pipeline.windows import PARTITION_CRON, PARTITION_FMT, Window
 
-# Errors a retry cannot fix: fail the step at once, without the retry policy. No connection at
-# all (AceUnreachableError) is a wrong ACE_API_URL or no network: the next scheduled run and the
-# catch-up sensor re-fetch the window, step retries would only add minutes. PageSizeError: a
+# PERMANENT_ERRORS (ace/client.py) fail the step at once, without the retry policy. No connection
+# at all (AceUnreachableError) is a wrong ACE_API_URL or no network: the next scheduled run and
+# the catch-up sensor re-fetch the window, step retries would only add minutes. PageSizeError: a
 # page size ACE refuses, from run config.
-_PERMANENT = (AceAuthError, AceNotFoundError, AceRequestError, AceUnreachableError, PageSizeError)
 
 # Transient API trouble that outlived the client's own retries gets two more tries a minute apart.
 STEP_RETRY = dg.RetryPolicy(
@@ -97,7 +89,7 @@ def build_site_assets(
                 batches = client.fetch_window(
                     site, window.start, window.end, to_sample_batch, stats
                 )
-        except _PERMANENT as exc:
+        except PERMANENT_ERRORS as exc:
             raise dg.Failure(
                 description=f"site {site!r}, window {window}: {exc}", allow_retries=False
             ) from None
@@ -174,7 +166,7 @@ def build_site_assets(
         try:
             with ace.client() as client:
                 configured = client.configured_points(site)
-        except _PERMANENT as exc:
+        except PERMANENT_ERRORS as exc:
             raise dg.Failure(description=f"site {site!r}: {exc}", allow_retries=False) from None
         table = points_table(configured, datetime.now(UTC))
         units = table.column("unit")

@@ -22,7 +22,7 @@ from datetime import UTC
 import dagster as dg
 import pyarrow as pa
 
-from vitals_pipeline.ace.client import AceAuthError, AceNotFoundError, AceRequestError, FetchStats
+from vitals_pipeline.ace.client import FetchStats, PERMANENT_ERRORS
 from vitals_pipeline.ace.wire import parse_wire_time
 from vitals_pipeline.assets.site import STEP_RETRY, five_minute_partitions
 from vitals_pipeline.config import Settings
@@ -40,7 +40,6 @@ WEATHER_SCHEMA = pa.schema(
     ]
 )
 NO_FEED = "no weather feed"
-_PERMANENT = (AceAuthError, AceNotFoundError, AceRequestError)
 
 
 def _number(value) -> float | None:
@@ -103,7 +102,7 @@ def build_weather_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
         try:
             with ace.client() as client:
                 doc = client.weather(site, stats)
-        except _PERMANENT as exc:
+        except PERMANENT_ERRORS as exc:
             raise dg.Failure(description=f"site {site!r}: {exc}", allow_retries=False) from None
         if doc is None:
             context.log.info(f"site {site}: ACE has no weather feed for it; nothing stored")
