@@ -15,6 +15,7 @@ from vitals_pipeline.assets.archive import ARCHIVE_CHECK, archive_key
 from vitals_pipeline.assets.site import range_tags, timeseries_key
 from vitals_pipeline.config import ConfigError, Settings, parse_archive_uri
 from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline_tests.helpers import run_assets, step_failures
 from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE
 
 DAY = "2026-03-09"
@@ -36,20 +37,12 @@ def archive_root(monkeypatch, tmp_path):
     return root
 
 
-def run(selection, *, instance, partition_key=None, tags=None, run_config=None):
-    job = build_definitions(Settings.from_env()).resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance,
-        asset_selection=selection,
-        partition_key=partition_key,
-        tags=tags,
-        run_config=run_config,
-        raise_on_error=False,
-    )
+def run(selection, *, instance, **kwargs):
+    return run_assets(selection, instance=instance, **kwargs)
 
 
 def failure_messages(result) -> str:
-    return " ".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
+    return " ".join(step_failures(result))
 
 
 def day_rows(path):

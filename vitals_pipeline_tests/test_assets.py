@@ -15,45 +15,15 @@ from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline.windows import PARTITION, partition_start, window_for_keys
 from vitals_pipeline_tests.conftest import SIM_KEY, SITE
+from vitals_pipeline_tests.helpers import expected_rows, run_assets, stored_rows
 
 KEY = "2026-03-09-10:00"
 
 
-def run(selection, *, partition_key=None, tags=None, instance=None):
-    defs = build_definitions(Settings.from_env())
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance or dg.DagsterInstance.ephemeral(),
-        asset_selection=selection,
-        partition_key=partition_key,
-        tags=tags,
-        raise_on_error=False,
-    )
-
-
-def stored(path, start=None, end=None):
-    with duckdb.connect(path, read_only=True) as con:
-        where, params = "", []
-        if start is not None:
-            where, params = "WHERE ts >= ? AND ts < ?", [start.replace(tzinfo=None), end.replace(tzinfo=None)]
-        return con.execute(
-            f"SELECT point, ts, value, raw_value FROM {SITE}.timeseries {where} ORDER BY ts, point", params
-        ).fetchall()
-
-
-def expected(sim, start, end):
-    """Ground truth typed the way the storage contract says, computed with Python's float()."""
-    rows = []
-    for name, t, v in sim.ground_truth(SITE, start, end):
-        ts = __import__("datetime").datetime.fromisoformat(t)
-        try:
-            number = float(v) if v is not None else None
-        except ValueError:
-            number = None
-        if number is not None and (number != number or number in (float("inf"), float("-inf"))):
-            number = None
-        rows.append((name, ts, number, v if number is None and v is not None else None))
-    return rows
+# One in-process run of the real definitions; ground truth and DuckDB rows, typed alike.
+run = run_assets
+stored = stored_rows
+expected = expected_rows
 
 
 def materializations(instance, key, partition):

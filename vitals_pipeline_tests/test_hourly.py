@@ -19,6 +19,7 @@ from vitals_pipeline.assets.hourly import (
 from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline_tests.helpers import run_assets, step_failures
 from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE
 
 T0 = datetime(2026, 3, 9, 10, 0)  # naive UTC, as stored
@@ -38,19 +39,12 @@ def derived_env(monkeypatch, tmp_path):
     monkeypatch.setenv("VITALS_ARCHIVE_URI", str(tmp_path / "archive"))
 
 
-def run(selection, *, instance, partition_key=None, tags=None):
-    job = build_definitions(Settings.from_env()).resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance,
-        asset_selection=selection,
-        partition_key=partition_key,
-        tags=tags,
-        raise_on_error=False,
-    )
+def run(selection, *, instance, **kwargs):
+    return run_assets(selection, instance=instance, **kwargs)
 
 
 def failure_messages(result) -> str:
-    return " ".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
+    return " ".join(step_failures(result))
 
 
 # -- the SQL ------------------------------------------------------------------------------------
