@@ -234,8 +234,10 @@ def _pool_job():
     _write()
 
 
-def test_shipped_dagster_yaml_limits_the_duckdb_pool_to_one(tmp_path):
+def test_shipped_dagster_yaml_limits_the_duckdb_pool_to_one(tmp_path, monkeypatch):
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    # The shipped event log storage lives under DAGSTER_HOME, as every process of a deployment has it.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         # Step retries handle API errors; the run is re-launched only when its worker died.

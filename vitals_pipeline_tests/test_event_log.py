@@ -1,0 +1,143 @@
+"""The shipped event log storage (storage/event_log.py) against Dagster's stock SQLite storage:
+the same range run through both must leave the same records, and the stock class must read
+what ours wrote."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+from vitals_pipeline.assets.site import five_minute_partitions, range_tags, timeseries_key
+from vitals_pipeline.checks.specs import CHECK_NAMES
+from vitals_pipeline.config import Settings
+from vitals_pipeline.storage.event_log import RUN_SHARD_ENGINES, VitalsSqliteEventLogStorage
+from vitals_pipeline.windows import window_for_keys
+from vitals_pipeline_tests.conftest import SITE
+from vitals_pipeline_tests.helpers import run_assets
+
+REPO = Path(__file__).resolve().parent.parent
+FIRST, LAST = "2026-03-09-10:00", "2026-03-09-10:55"  # 12 partitions
+
+
+def home_with(path: Path, *, stock: bool) -> Path:
+    """A DAGSTER_HOME with the shipped dagster.yaml, or the same without its event log storage."""
+    path.mkdir()
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    assert config["event_log_storage"]["class"] == "VitalsSqliteEventLogStorage"
+    if stock:
+        del config["event_log_storage"]
+    (path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+def summary(instance: dg.DagsterInstance, run_id: str) -> dict:
+    """Everything the UI, the sensors and `vitals status` read about a range run."""
+    key = timeseries_key(SITE)
+    events = instance.all_logs(run_id)
+    [record] = instance.get_asset_records([key])
+    latest = instance.get_latest_materialization_event(key)
+    checks = {}
+    for name in CHECK_NAMES:
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(key, name), limit=1000
+        )
+        checks[name] = sorted(
+            (r.status.value, r.partition or "") for r in history if r.run_id == run_id
+        )
+    return {
+        "event_types": Counter(e.dagster_event_type for e in events if e.is_dagster_event),
+        "partitions": sorted(instance.get_materialized_partitions(key)),
+        "planned_partitions": sorted(
+            e.dagster_event.event_specific_data.partition
+            for e in events
+            if e.is_dagster_event and e.dagster_event.is_asset_materialization_planned
+        ),
+        "last_run_id": record.asset_entry.last_run_id,
+        "latest_partition": latest.dagster_event.partition,
+        "latest_samples": latest.asset_materialization.metadata["samples"].value,
+        "checks": checks,
+        "partition_status": sorted(
+            Counter(
+                str(status)
+                for status in instance.get_status_by_partition(
+                    key, window_for_keys(FIRST, LAST).partition_keys(),
+                    five_minute_partitions(Settings.from_env()),
+                ).values()
+            ).items()
+        ),
+    }
+
+
+def range_run(home: Path, monkeypatch) -> tuple[dict, str]:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        result = run_assets([timeseries_key(SITE)], tags=range_tags(FIRST, LAST), instance=instance)
+        assert result.success
+        return summary(instance, result.run_id), result.run_id
+
+
+def test_range_run_leaves_the_records_the_stock_storage_leaves(tmp_path, monkeypatch, pipeline_env):
+    ours = home_with(tmp_path / "ours", stock=False)
+    stock = home_with(tmp_path / "stock", stock=True)
+    monkeypatch.setenv("DAGSTER_HOME", str(ours))
+    with dg.DagsterInstance.get() as instance:
+        assert isinstance(instance.event_log_storage, VitalsSqliteEventLogStorage)
+    ours_summary, ours_run = range_run(ours, monkeypatch)
+    monkeypatch.setenv("VITALS_DUCKDB_PATH", str(tmp_path / "stock.duckdb"))
+    stock_summary, _ = range_run(stock, monkeypatch)
+
+    partitions = window_for_keys(FIRST, LAST).partition_keys()
+    assert ours_summary["partitions"] == sorted(partitions)
+    assert ours_summary["planned_partitions"] == sorted(partitions)
+    assert ours_summary["event_types"]["ASSET_MATERIALIZATION"] == len(partitions)
+    assert ours_summary["last_run_id"] == ours_run
+    assert ours_summary["latest_partition"] == LAST
+    assert ours_summary["checks"]["completeness"], "check executions recorded"
+    compared = {k: v for k, v in ours_summary.items() if k != "last_run_id"}
+    assert compared == {k: v for k, v in stock_summary.items() if k != "last_run_id"}
+
+    # Dagster's own class reads what ours wrote (same files, tables and migrations).
+    monkeypatch.setenv("DAGSTER_HOME", str(ours))
+    (ours / "dagster.yaml").write_text((stock / "dagster.yaml").read_text())
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.event_log_storage) is SqliteEventLogStorage
+        assert summary(instance, ours_run) == ours_summary
+
+
+def test_connections_are_wal_with_normal_sync_and_engines_are_bounded(tmp_path):
+    storage = VitalsSqliteEventLogStorage(str(tmp_path / "runs"))
+    try:
+        with storage.index_connection() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            # 1 = NORMAL (the stock storage leaves SQLite's default, 2 = FULL: an fsync a commit)
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        for i in range(RUN_SHARD_ENGINES + 10):
+            with storage.run_connection(f"run-{i}") as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        assert len(storage._engines) == RUN_SHARD_ENGINES + 1  # the index's engine is kept
+        # No file stays open between uses (NullPool): another connection can take a write lock.
+        other = sqlite3.connect(tmp_path / "runs" / "index.db", timeout=0)
+        other.execute("BEGIN EXCLUSIVE")
+        other.rollback()
+        other.close()
+    finally:
+        storage.dispose()
+
+
+def test_base_dir_defaults_to_dagster_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    storage = VitalsSqliteEventLogStorage()
+    try:
+        assert Path(storage._base_dir) == tmp_path / "history" / "runs"
+    finally:
+        storage.dispose()
+    monkeypatch.delenv("DAGSTER_HOME")
+    with pytest.raises(ValueError, match="DAGSTER_HOME"):
+        VitalsSqliteEventLogStorage()
