@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from vitals_pipeline.ace.parse import (
     PageFormatError,
+    _parse_columnar,
+    _parse_objects,
     parse_page,
     parse_times,
     parse_values,
@@ -136,3 +138,60 @@ def _model(text):
 def test_any_wire_value_parses_like_the_model(texts):
     value, raw = _values(texts)
     assert list(zip(value, raw, strict=True)) == [_model(t) for t in texts]
+
+
+# Page bodies for the two parse paths: any JSON-ish sample list, strings with escapes and
+# non-ASCII, nulls, numbers, missing keys, odd envelopes.
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_FIELD = st.one_of(_TEXT, _TEXT, st.none(), st.floats(allow_nan=False), st.integers(-(2**63), 2**64 - 1), st.booleans())
+_SAMPLE = st.one_of(
+    st.fixed_dictionaries({"name": _TEXT, "time": _TEXT, "value": _TEXT}),  # the fast path's pages
+    st.fixed_dictionaries({}, optional={"name": _FIELD, "time": _FIELD, "value": _FIELD, "extra": _FIELD}),
+)
+_ENVELOPE = st.fixed_dictionaries(
+    {"point_samples": st.lists(_SAMPLE, max_size=6)},
+    optional={"has_more": st.one_of(st.booleans(), st.none(), _TEXT), "next_cursor": st.one_of(_TEXT, st.none())},
+)
+
+
+def _page_or_error(parse, body):
+    try:
+        page = parse(body)
+    except PageFormatError:
+        return "PageFormatError"
+    return (page.columns.to_pylist(), page.has_more, page.server_cursor)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ENVELOPE, st.sampled_from([orjson.dumps, lambda d: orjson.dumps(d, option=orjson.OPT_INDENT_2)]))
+def test_columnar_page_parse_declines_or_agrees_with_the_object_parse(doc, dump):
+    body = dump(doc)
+    fast = _parse_columnar(body)
+    if fast is not None:
+        assert _page_or_error(lambda b: fast, body) == _page_or_error(_parse_objects, body)
+    assert _page_or_error(parse_page, body) == _page_or_error(_parse_objects, body)
+
+
+def test_a_page_of_string_samples_takes_the_columnar_path():
+    samples = [
+        {"name": f"site/dev/analogInput/{i}", "value": v, "time": "2026-01-01T00:00:00.000001"}
+        for i, v in enumerate(["0.0", "-1e3", "NaN", "caf\u00e9 \"x\"", "\u2603"])
+    ]
+    body = orjson.dumps({"point_samples": samples, "next_cursor": "c", "has_more": True})
+    fast = _parse_columnar(body)
+    assert fast is not None and fast.has_more and fast.server_cursor == "c"
+    assert fast.columns.to_pylist() == _parse_objects(body).columns.to_pylist()
+    assert fast.columns.column(1).to_pylist()[0] == "2026-01-01T00:00:00.000001"
+
+
+def test_null_values_take_the_columnar_path_and_a_missing_value_key_does_not():
+    t = "2026-01-01T00:00:00"
+    nulls = orjson.dumps({"point_samples": [{"name": "a", "time": t, "value": None}, {"name": "b", "time": t, "value": "1"}]})
+    spaced = nulls.replace(b'"value":null', b'"value" : null')
+    for body in (nulls, spaced):
+        fast = _parse_columnar(body)
+        assert fast is not None and fast.columns.column(2).to_pylist() == [None, "1"]
+    missing = orjson.dumps({"point_samples": [{"name": "a", "time": t}, {"name": "b", "time": t, "value": None}]})
+    assert _parse_columnar(missing) is None
+    with pytest.raises(PageFormatError, match="lacks name/time/value"):
+        parse_page(missing)

@@ -10,6 +10,7 @@ string kept in `raw_value` whenever it is not a finite number.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC
 from operator import itemgetter
@@ -17,6 +18,7 @@ from operator import itemgetter
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 # The columns one page yields, all strings as on the wire.
 WIRE_SCHEMA = pa.schema([("name", pa.string()), ("time", pa.string()), ("value", pa.string())])
@@ -34,6 +36,15 @@ SAMPLE_SCHEMA = pa.schema(
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 _name, _time, _value = itemgetter("name"), itemgetter("time"), itemgetter("value")
+
+# A page as Arrow's JSON reader sees it: one record holding a list of wire samples.
+_PAGE_SCHEMA = pa.schema(
+    [
+        ("point_samples", pa.list_(pa.struct(WIRE_SCHEMA))),
+        ("has_more", pa.bool_()),
+        ("next_cursor", pa.string()),
+    ]
+)
 
 
 class PageFormatError(ValueError):
@@ -59,6 +70,59 @@ def parse_page(body: bytes) -> Page:
     Raises PageFormatError for a body that is not JSON or not the page envelope: ACE cuts huge
     pages off mid-stream, and a proxy may answer 200 with HTML.
     """
+    return _parse_columnar(body) or _parse_objects(body)
+
+
+def _parse_columnar(body: bytes) -> Page | None:
+    """The fast path: Arrow's JSON reader straight into columns, or None to take the exact path.
+
+    It builds no Python object per sample and releases the GIL, so the two fetch threads parse
+    in parallel (measured on a 50,000-sample page: 30 ms a page with two threads, against 67 ms
+    for orjson + lists, which hold the GIL). Only a page whose every sample has a string name
+    and time and a string or null value is taken here; numbers, missing keys or anything odd
+    go to `_parse_objects`, whose rules are the contract.
+    """
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(body),
+            read_options=pa_json.ReadOptions(block_size=len(body) + 1, use_threads=False),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=_PAGE_SCHEMA, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowException, ValueError, OverflowError):
+        return None
+    if table.num_rows != 1:
+        return None
+    lists = table.column("point_samples").combine_chunks()
+    if lists.null_count:
+        return None
+    samples = lists.flatten()
+    if samples.null_count:
+        return None
+    name, time, value = samples.flatten()
+    if name.null_count or time.null_count:
+        return None
+    if value.null_count and not _all_null_values_present(body, value.null_count):
+        return None  # a sample without a "value" key (also NULL here): the exact path says so
+    return Page(
+        columns=pa.RecordBatch.from_arrays([name, time, value], schema=WIRE_SCHEMA),
+        has_more=bool(table.column("has_more")[0].as_py()),
+        server_cursor=table.column("next_cursor")[0].as_py(),
+    )
+
+
+# `"value": null` pairs. Inside a JSON string a quote is escaped, so these bytes are a key ending
+# in "value" with a null value: as many as the NULL values, or the page takes the exact path.
+_NULL_VALUE = re.compile(rb'"value"\s*:\s*null')
+
+
+def _all_null_values_present(body: bytes, nulls: int) -> bool:
+    return body.count(b'"value":null') == nulls or len(_NULL_VALUE.findall(body)) == nulls
+
+
+def _parse_objects(body: bytes) -> Page:
+    """orjson into Python objects: every page the columnar path declines (nulls, numbers...)."""
     try:
         doc = orjson.loads(body)
         samples = doc["point_samples"]
@@ -79,7 +143,7 @@ def parse_page(body: bytes) -> Page:
             ],
             schema=WIRE_SCHEMA,
         )
-    except (KeyError, TypeError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (KeyError, TypeError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise PageFormatError(f"a sample lacks name/time/value or has the wrong type: {exc}") from exc
     return Page(columns=columns, has_more=has_more, server_cursor=server_cursor)
 

@@ -641,14 +641,20 @@ def _reasons(*, down, seen, last_seen, expected, missing, nulls, non_numeric, se
              out_of_range, flatline, flat_min, lo, hi, unit, configured, history_start, t) -> pa.Array:
     """A short sentence per row with something to say (NULL otherwise), grid order."""
     with np.errstate(invalid="ignore"):
-        anything = (
+        figures = (
             down | (np.nan_to_num(missing) > 0) | (nulls > 0) | (sentinels > 0)
-            | (out_of_range > 0) | flatline | ~configured[:, None]
+            | (out_of_range > 0) | flatline
         )
     n, w = down.shape
-    cells = np.flatnonzero(anything)
+    unconfigured = np.broadcast_to(~configured[:, None], (n, w))
     texts: dict[str, int] = {}
     indices = np.zeros(n * w, np.int32)
+    # Cells whose only remark is the missing points-table entry share one text, set at once
+    # (a day of a site whose points were never loaded: 1.3M cells, 4 s in the loop below).
+    bare = np.flatnonzero(unconfigured & ~figures)
+    if bare.size:
+        indices[bare] = texts.setdefault("not in the points table", len(texts))
+    cells = np.flatnonzero(figures)
     for cell in cells.tolist():
         p, s = divmod(cell, w)
         parts = []
@@ -674,6 +680,7 @@ def _reasons(*, down, seen, last_seen, expected, missing, nulls, non_numeric, se
         indices[cell] = texts.setdefault("; ".join(parts), len(texts))
     valid = np.zeros(n * w, bool)
     valid[cells] = True
+    valid[bare] = True
     return pa.DictionaryArray.from_arrays(
         pa.array(indices, mask=~valid), pa.array(list(texts), pa.string())
     )
