@@ -15,6 +15,7 @@ from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_b
 from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
+from vitals_pipeline.memory import release_freed_memory, use_system_allocator
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.samples import clean_window
 from vitals_pipeline.storage.schema import schema_name
@@ -82,6 +83,7 @@ def build_site_assets(
         """
         tw = context.partition_time_window
         window = Window(tw.start.astimezone(UTC), tw.end.astimezone(UTC))
+        use_system_allocator()
         stats = FetchStats()
         try:
             with ace.client() as client:
@@ -95,6 +97,7 @@ def build_site_assets(
             ) from None
         fetched = combine_samples(batches)
         del batches
+        release_freed_memory()
         future_rows = (
             quality_checks.count_future(fetched, quality_checks.utc_now(), quality)
             if quality.enabled

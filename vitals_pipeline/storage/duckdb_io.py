@@ -210,6 +210,20 @@ def _describe_key(frame: pa.Table, keys: Sequence[str], index: int) -> str:
     return ", ".join(described)
 
 
+def _dictionary_ranks(column: pa.ChunkedArray) -> pa.Array:
+    """Each row's rank of its value in the sorted dictionary: the column's order, compared as
+    integers (casting a day's 6.48M point names to strings took 0.2 s and ~250 MB)."""
+    flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(flat, pa.ChunkedArray):  # no chunks at all
+        flat = flat.combine_chunks()
+    dictionary = flat.dictionary
+    if dictionary.null_count or len(pc.unique(dictionary)) != len(dictionary):
+        # Repeated or null entries: ranks of positions would split equal values; compare values.
+        return flat.cast(flat.type.value_type)
+    rank_of_entry = pc.rank(dictionary, sort_keys="ascending", tiebreaker="first")
+    return pc.take(pc.subtract(rank_of_entry, 1), flat.indices)
+
+
 def _strictly_increasing(frame: pa.Table, order: Sequence[str]) -> bool:
     """Whether the rows are in strictly increasing lexicographic order of the `order` columns."""
     if frame.num_rows < 2:
@@ -218,7 +232,7 @@ def _strictly_increasing(frame: pa.Table, order: Sequence[str]) -> bool:
     for key in order:
         column = frame.column(key)
         if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
+            column = _dictionary_ranks(column)
         previous, current = column.slice(0, frame.num_rows - 1), column.slice(1)
         try:
             greater, equal = pc.greater(current, previous), pc.equal(current, previous)
