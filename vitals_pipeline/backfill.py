@@ -37,7 +37,7 @@ def backfill(
     progress: Callable[[str], None] = print,
 ) -> list[ChunkResult]:
     """Materialize `<site>/timeseries` over `window` in chunks; a failed chunk stops that site."""
-    from vitals_pipeline.assets.site import range_tags, timeseries_key, window_keys
+    from vitals_pipeline.assets.keys import range_tags, timeseries_key, window_keys
 
     job = defs.resolve_implicit_global_asset_job_def()
     chunks = split_window(window, chunk_hours)

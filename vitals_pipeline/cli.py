@@ -53,7 +53,7 @@ def demo(hours: float, sites: str, points: int) -> None:
 
     from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
     from vitals_pipeline.assets.hourly import complete_hours, hourly_key, hourly_summary
-    from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key, window_keys
+    from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key, window_keys
     from vitals_pipeline.config import Settings
     from vitals_pipeline.storage.summary import summarize
     from vitals_pipeline.windows import Window, floor_to_partition

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from vitals_pipeline.ace import wire
-from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.windows import PARTITION_FMT, floor_to_partition
 
 DEFAULT_API_URL = "https://flightdeck.aceiot.cloud/api"

@@ -25,7 +25,7 @@ import dagster as dg
 from dagster import DagsterEventType
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
-from vitals_pipeline.assets.site import five_minute_partitions, timeseries_key
+from vitals_pipeline.assets.keys import five_minute_partitions, timeseries_key
 from vitals_pipeline.automation.gaps import catchup_window, find_gaps
 from vitals_pipeline.automation.runs import (
     TRIGGER_TAG,
@@ -36,7 +36,7 @@ from vitals_pipeline.automation.runs import (
 )
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
-from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.windows import PARTITION, Window, floor_to_partition, partition_key, partition_start
 
 HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
@@ -500,16 +500,17 @@ def _n(value: Any) -> str:
 
 
 def site_check_keys(settings: Settings) -> dict[str, list[dg.AssetCheckKey]]:
-    """The asset checks defined on each site's timeseries asset, from the definitions (the
-    module builds them from the environment `settings` came from)."""
-    from vitals_pipeline.definitions import defs
+    """The asset checks of each site's timeseries asset, as definitions.py defines them (all of
+    checks/catalog.py, unless VITALS_CHECKS turns the quality layer off), without building the
+    definitions: that would load the whole pipeline for a few names."""
+    from vitals_pipeline.checks.catalog import CHECK_NAMES
+    from vitals_pipeline.checks.thresholds import QualityThresholds
 
-    graph = defs.resolve_asset_graph()
-    keys: dict[str, list[dg.AssetCheckKey]] = {}
-    for site in settings.sites:
-        asset_key = timeseries_key(site)
-        keys[site] = [k for k in graph.asset_check_keys if k.asset_key == asset_key]
-    return keys
+    names = CHECK_NAMES if QualityThresholds.from_env().enabled else ()
+    return {
+        site: [dg.AssetCheckKey(timeseries_key(site), name) for name in names]
+        for site in settings.sites
+    }
 
 
 def run_status(*, as_json: bool, recent_runs: int, duckdb_wait_seconds: float, echo=print) -> int:

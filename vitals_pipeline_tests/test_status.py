@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
-from vitals_pipeline.assets.site import range_tags
+from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
@@ -311,3 +311,20 @@ def test_cli_json_exit_code_and_a_concurrent_writer(loaded):
 
     text = cli_status()
     assert text.returncode == 0 and "HEALTHY (exit 0)" in text.stdout and "samples from 60 points" in text.stdout
+
+
+@pytest.mark.parametrize("checks", ["on", "off"])
+def test_status_knows_the_check_keys_the_definitions_define(monkeypatch, checks):
+    """`vitals status` lists the checks without building the definitions: same keys."""
+    from vitals_pipeline.status import site_check_keys
+
+    monkeypatch.setenv("ACE_SITES", "Main Office,lab-2")
+    monkeypatch.setenv("VITALS_CHECKS", checks)
+    settings = Settings.from_env()
+    graph = build_definitions(settings).resolve_asset_graph()
+    defined = {
+        site: sorted(k for k in graph.asset_check_keys if k.asset_key == timeseries_key(site))
+        for site in settings.sites
+    }
+    assert {site: sorted(keys) for site, keys in site_check_keys(settings).items()} == defined
+    assert (len(defined["Main Office"]) > 0) == (checks == "on")

@@ -11,6 +11,13 @@ import dagster as dg
 import pyarrow as pa
 
 from vitals_pipeline.ace.client import FetchStats, PERMANENT_ERRORS
+from vitals_pipeline.assets.keys import (  # noqa: F401 - the keys are also imported from here
+    five_minute_partitions,
+    points_key,
+    range_tags,
+    timeseries_key,
+    window_keys,
+)
 from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_batch
 from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -19,7 +26,7 @@ from vitals_pipeline.memory import release_freed_memory, use_system_allocator
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.samples import clean_window
 from vitals_pipeline.storage.schema import schema_name
-from vitals_pipeline.windows import PARTITION_CRON, PARTITION_FMT, Window
+from vitals_pipeline.windows import Window
 
 # PERMANENT_ERRORS (ace/client.py) fail the step at once, without the retry policy. No connection
 # at all (AceUnreachableError) is a wrong ACE_API_URL or no network: the next scheduled run and
@@ -30,15 +37,6 @@ from vitals_pipeline.windows import PARTITION_CRON, PARTITION_FMT, Window
 STEP_RETRY = dg.RetryPolicy(
     max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-
-
-def five_minute_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
-    return dg.TimeWindowPartitionsDefinition(
-        cron_schedule=PARTITION_CRON,
-        start=settings.partitions_start.strftime(PARTITION_FMT),
-        fmt=PARTITION_FMT,
-        timezone="UTC",
-    )
 
 
 def build_site_assets(
@@ -183,25 +181,3 @@ def build_site_assets(
         return table
 
     return [timeseries, points]
-
-
-def timeseries_key(site: str) -> dg.AssetKey:
-    return dg.AssetKey([schema_name(site), "timeseries"])
-
-
-def points_key(site: str) -> dg.AssetKey:
-    return dg.AssetKey([schema_name(site), "points"])
-
-
-def range_tags(first_key: str, last_key: str) -> dict[str, str]:
-    """Run tags that make one run cover partitions first..last (single_run backfill shape)."""
-    return {
-        "dagster/asset_partition_range_start": first_key,
-        "dagster/asset_partition_range_end": last_key,
-    }
-
-
-def window_keys(window: Window) -> tuple[str, str]:
-    keys = window.partition_keys()
-    return keys[0], keys[-1]
-

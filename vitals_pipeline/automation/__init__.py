@@ -2,50 +2,30 @@
 
 `build_automation(settings)` returns everything `definitions.py` registers; the freshness policy
 is applied there with `dg.map_asset_specs(with_timeseries_freshness, assets)`.
+
+Names are imported on first use, so that `vitals status` can read the gap and run helpers
+(gaps.py, runs.py) without building schedules and sensors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from typing import Any
 
-import dagster as dg
+_SOURCES = {
+    "TIMESERIES_FRESHNESS": "freshness",
+    "Automation": "build",
+    "AutomationSettings": "settings",
+    "build_automation": "build",
+    "with_timeseries_freshness": "freshness",
+}
 
-from vitals_pipeline.assets.site import five_minute_partitions
-from vitals_pipeline.automation.alerts import build_failure_alert_sensor
-from vitals_pipeline.automation.freshness import TIMESERIES_FRESHNESS, with_timeseries_freshness
-from vitals_pipeline.automation.jobs import build_timeseries_job
-from vitals_pipeline.automation.schedules import build_site_schedule
-from vitals_pipeline.automation.sensors import build_catchup_sensor
-from vitals_pipeline.automation.settings import AutomationSettings
-from vitals_pipeline.config import Settings
-
-
-@dataclass(frozen=True)
-class Automation:
-    jobs: list[dg.UnresolvedAssetJobDefinition]
-    schedules: list[dg.ScheduleDefinition]
-    sensors: list[dg.SensorDefinition]
+__all__ = sorted(_SOURCES)
 
 
-def build_automation(settings: Settings, automation: AutomationSettings | None = None) -> Automation:
-    """Per site: `<site>_timeseries` job, `<site>_timeseries_schedule`, `<site>_catchup`; plus
-    one failure alert for the code location. All start RUNNING when a daemon first sees them."""
-    automation = automation or AutomationSettings.from_env()
-    partitions = five_minute_partitions(settings)
-    jobs, schedules, sensors = [], [], []
-    for site in settings.sites:
-        job = build_timeseries_job(site)
-        jobs.append(job)
-        schedules.append(build_site_schedule(site, settings, automation, job))
-        sensors.append(build_catchup_sensor(site, settings, automation, job, partitions))
-    sensors.append(build_failure_alert_sensor(automation))
-    return Automation(jobs=jobs, schedules=schedules, sensors=sensors)
-
-
-__all__ = [
-    "TIMESERIES_FRESHNESS",
-    "Automation",
-    "AutomationSettings",
-    "build_automation",
-    "with_timeseries_freshness",
-]
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    globals()[name] = value
+    return value

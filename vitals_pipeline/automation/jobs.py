@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from vitals_pipeline.assets.site import timeseries_key
+from vitals_pipeline.assets.keys import timeseries_key
 from vitals_pipeline.automation.runs import SITE_TAG
-from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.storage.names import schema_name
 
 
 def timeseries_job_name(site: str) -> str:

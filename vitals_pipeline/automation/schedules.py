@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from vitals_pipeline.assets.site import range_tags, window_keys
+from vitals_pipeline.assets.keys import range_tags, window_keys
 from vitals_pipeline.automation.gaps import schedule_run_key, scheduled_window
 from vitals_pipeline.automation.runs import SITE_TAG, TRIGGER_TAG
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
-from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.storage.names import schema_name
 
 
 def schedule_name(site: str) -> str:

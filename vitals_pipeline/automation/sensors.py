@@ -21,7 +21,7 @@ from dagster import DagsterEventType
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
-from vitals_pipeline.assets.site import range_tags, timeseries_key
+from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.automation.gaps import (
     MAX_RUN_PARTITIONS,
     Gap,
@@ -34,7 +34,7 @@ from vitals_pipeline.automation.gaps import (
 from vitals_pipeline.automation.runs import SITE_TAG, TRIGGER_TAG
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
-from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.windows import Window
 
 # A gap whose latest run failed is retried at once when the site has materialized anything since

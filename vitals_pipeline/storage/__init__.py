@@ -1,55 +1,48 @@
-"""Storage: the DuckDB IO manager (a transactional merge per run's window) and the table shapes."""
+"""Storage: the DuckDB IO manager (a transactional merge per run's window), the table shapes, and
+Dagster's event log storage for the shipped dagster.yaml (event_log.py).
 
-from vitals_pipeline.storage.duckdb_io import (
-    DEFAULT_LOCK_TIMEOUT_SECONDS,
-    CompanionTable,
-    DuckDBFileLockedError,
-    StoreCounts,
-    VitalsArrowTypeHandler,
-    VitalsDuckDBClient,
-    VitalsDuckDBIOManager,
-    Window,
-    WindowBundle,
-    as_arrow,
-    connect_duckdb,
-    load_slice,
-    store_slice,
-)
-from vitals_pipeline.storage.schema import (
-    POINTS_MERGE_KEYS,
-    POINTS_TABLE,
-    TIMESERIES_MERGE_KEYS,
-    TIMESERIES_SCHEMA,
-    TIMESERIES_TABLE,
-    TIMESERIES_TIME_COLUMN,
-    duckdb_type,
-    qualified_name,
-    quote_identifier,
-    schema_name,
-)
+Names are imported on first use: every process that opens the Dagster instance imports
+`vitals_pipeline.storage.event_log`, and the daemon, the webserver and `vitals status` need none
+of the DuckDB machinery.
+"""
 
-__all__ = [
-    "DEFAULT_LOCK_TIMEOUT_SECONDS",
-    "POINTS_MERGE_KEYS",
-    "POINTS_TABLE",
-    "TIMESERIES_MERGE_KEYS",
-    "TIMESERIES_SCHEMA",
-    "TIMESERIES_TABLE",
-    "TIMESERIES_TIME_COLUMN",
-    "CompanionTable",
-    "DuckDBFileLockedError",
-    "StoreCounts",
-    "VitalsArrowTypeHandler",
-    "VitalsDuckDBClient",
-    "VitalsDuckDBIOManager",
-    "Window",
-    "WindowBundle",
-    "as_arrow",
-    "connect_duckdb",
-    "duckdb_type",
-    "load_slice",
-    "qualified_name",
-    "quote_identifier",
-    "schema_name",
-    "store_slice",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SOURCES = {
+    "DEFAULT_LOCK_TIMEOUT_SECONDS": "duckdb_io",
+    "CompanionTable": "duckdb_io",
+    "DuckDBFileLockedError": "duckdb_io",
+    "StoreCounts": "duckdb_io",
+    "VitalsArrowTypeHandler": "duckdb_io",
+    "VitalsDuckDBClient": "duckdb_io",
+    "VitalsDuckDBIOManager": "duckdb_io",
+    "Window": "duckdb_io",
+    "WindowBundle": "duckdb_io",
+    "as_arrow": "duckdb_io",
+    "connect_duckdb": "duckdb_io",
+    "load_slice": "duckdb_io",
+    "store_slice": "duckdb_io",
+    "POINTS_MERGE_KEYS": "schema",
+    "POINTS_TABLE": "schema",
+    "TIMESERIES_MERGE_KEYS": "schema",
+    "TIMESERIES_SCHEMA": "schema",
+    "TIMESERIES_TABLE": "schema",
+    "TIMESERIES_TIME_COLUMN": "schema",
+    "duckdb_type": "schema",
+    "qualified_name": "schema",
+    "quote_identifier": "schema",
+    "schema_name": "schema",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    globals()[name] = value
+    return value

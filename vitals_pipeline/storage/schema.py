@@ -5,9 +5,13 @@ Pure functions; nothing here opens a connection.
 
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
+
+from vitals_pipeline.storage.names import (  # noqa: F401 - imported from here too
+    qualified_name,
+    quote_identifier,
+    schema_name,
+)
 
 # The frame the timeseries asset returns and the table it lands in (one per site schema).
 TIMESERIES_TABLE = "timeseries"
@@ -24,32 +28,6 @@ TIMESERIES_TIME_COLUMN = "ts"
 
 POINTS_TABLE = "points"
 POINTS_MERGE_KEYS: tuple[str, ...] = ("name",)
-
-_NOT_SCHEMA_CHAR = re.compile(r"[^a-z0-9_]")
-
-
-def schema_name(site: str) -> str:
-    """The DuckDB schema (and asset key prefix) of a site.
-
-    Lower-cased, every character outside [a-z0-9_] replaced by "_": "Demo-Office" -> "demo_office".
-    """
-    return _NOT_SCHEMA_CHAR.sub("_", site.lower())
-
-
-def quote_identifier(name: str) -> str:
-    """A DuckDB identifier in double quotes, embedded quotes doubled."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def qualified_name(catalog: str, schema: str, table: str) -> str:
-    """`"catalog"."schema"."table"`.
-
-    Always three parts: with two, a database file whose stem equals a schema name
-    (demo_office.duckdb holding schema demo_office) makes DuckDB fail with "Ambiguous reference to
-    catalog or schema".
-    """
-    return ".".join(quote_identifier(part) for part in (catalog, schema, table))
-
 
 _SIMPLE_TYPES: dict[pa.DataType, str] = {
     pa.null(): "VARCHAR",  # an all-null column (e.g. from pandas `object`): text is the safe guess

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import duckdb
 
-from vitals_pipeline.storage.schema import qualified_name, schema_name
+from vitals_pipeline.storage.names import qualified_name, schema_name
 
 
 def site_figures(con: duckdb.DuckDBPyConnection, site: str) -> dict:

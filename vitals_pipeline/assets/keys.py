@@ -1,0 +1,41 @@
+"""Asset keys, partitions and range tags of the site assets: what the assets, the automation, the
+CLI and `vitals status` share. Imports only dagster, so that `vitals status` and the sensors load
+none of the fetching and storing machinery."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from vitals_pipeline.config import Settings
+from vitals_pipeline.storage.names import schema_name
+from vitals_pipeline.windows import PARTITION_CRON, PARTITION_FMT, Window
+
+
+def five_minute_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule=PARTITION_CRON,
+        start=settings.partitions_start.strftime(PARTITION_FMT),
+        fmt=PARTITION_FMT,
+        timezone="UTC",
+    )
+
+
+def timeseries_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "timeseries"])
+
+
+def points_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "points"])
+
+
+def range_tags(first_key: str, last_key: str) -> dict[str, str]:
+    """Run tags that make one run cover partitions first..last (single_run backfill shape)."""
+    return {
+        "dagster/asset_partition_range_start": first_key,
+        "dagster/asset_partition_range_end": last_key,
+    }
+
+
+def window_keys(window: Window) -> tuple[str, str]:
+    keys = window.partition_keys()
+    return keys[0], keys[-1]
