@@ -32,3 +32,22 @@ def test_backfill_runs_one_run_per_chunk_and_stores_everything(sim, pipeline_env
     with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
         stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0]
     assert stored == len(sim.ground_truth(SITE, window.start, window.end)) == sum(r.samples for r in results)
+
+
+def test_backfill_keeps_no_run_frame_alive_between_chunks(sim, pipeline_env):
+    """With checks on (the first check evaluation is where Dagster pins a step's context), no
+    run's output frame survives its chunk: a week's backfill peaks like a day's."""
+    import gc
+
+    from vitals_pipeline.storage.duckdb_io import WindowBundle
+
+    def frames_alive() -> int:
+        gc.collect()
+        return sum(type(o) is WindowBundle for o in gc.get_objects())
+
+    before = frames_alive()
+    window = window_for_keys("2026-03-09-10:00", "2026-03-09-11:55")
+    with dg.DagsterInstance.ephemeral() as instance:
+        results = backfill(build_definitions(Settings.from_env()), instance, [SITE], window, 1, lambda _: None)
+        assert [r.success for r in results] == [True, True]
+        assert frames_alive() == before

@@ -42,6 +42,7 @@ ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
 
+
 def utc_now() -> datetime:
     """The clock the future-sample rule reads (one place, so a test can move it)."""
     return datetime.now(UTC)
