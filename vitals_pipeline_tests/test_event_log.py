@@ -54,6 +54,10 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> dict:
     return {
         "event_types": Counter(e.dagster_event_type for e in events if e.is_dagster_event),
         "partitions": sorted(instance.get_materialized_partitions(key)),
+        "indexed_materializations": sorted(
+            r.partition_key
+            for r in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000).records
+        ),
         "planned_partitions": sorted(
             e.dagster_event.event_specific_data.partition
             for e in events
@@ -83,13 +87,31 @@ def range_run(home: Path, monkeypatch) -> tuple[dict, str]:
         return summary(instance, result.run_id), result.run_id
 
 
-def test_range_run_leaves_the_records_the_stock_storage_leaves(tmp_path, monkeypatch, pipeline_env):
+@pytest.mark.parametrize("index_fails", [False, True], ids=["batched", "index-write-fails-once"])
+def test_range_run_leaves_the_records_the_stock_storage_leaves(
+    tmp_path, monkeypatch, pipeline_env, index_fails
+):
+    if index_fails:
+        # The index transaction of a batch fails once (a lock held past the busy timeout): the
+        # events are indexed one by one, and the run's shard holds each event once.
+        original = VitalsSqliteEventLogStorage._index_asset_events
+        failed = []
+
+        def flaky(self, events, rows):
+            if len(events) > 1 and not failed:
+                failed.append(len(events))
+                raise RuntimeError("database is locked")
+            return original(self, events, rows)
+
+        monkeypatch.setattr(VitalsSqliteEventLogStorage, "_index_asset_events", flaky)
     ours = home_with(tmp_path / "ours", stock=False)
     stock = home_with(tmp_path / "stock", stock=True)
     monkeypatch.setenv("DAGSTER_HOME", str(ours))
     with dg.DagsterInstance.get() as instance:
         assert isinstance(instance.event_log_storage, VitalsSqliteEventLogStorage)
     ours_summary, ours_run = range_run(ours, monkeypatch)
+    if index_fails:
+        assert failed, "the failure was injected"
     monkeypatch.setenv("VITALS_DUCKDB_PATH", str(tmp_path / "stock.duckdb"))
     stock_summary, _ = range_run(stock, monkeypatch)
 

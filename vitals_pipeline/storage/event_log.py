@@ -5,13 +5,19 @@ A range run of one day writes ~580 asset events (a planned event and a materiali
 connection, so every event pays engine creation and a cold statement-compile cache, then an
 fsync per commit: measured ~20 ms of CPU per event here, about 12 s of a day's run.
 
-This subclass changes how connections are made, never what is stored (same files, same
-tables, same schema migrations, readable by the stock class):
+This subclass changes how events are written, never what is stored (same files, same tables,
+same schema migrations, readable by the stock class; vitals_pipeline_tests/test_event_log.py
+compares them):
 - one engine per shard file, kept (SQLAlchemy's compiled-statement cache lives on the engine);
   `NullPool` as before, so no file stays open between uses;
+- batches of asset events (a run's planned events, a range run's materializations) stored in
+  one transaction per shard, the asset-key row written once per key and kind, a planned check's
+  event serialized once instead of once per partition;
 - `PRAGMA synchronous=NORMAL` on each connection. The shards are in WAL mode, where NORMAL
   keeps the database consistent and loses nothing when a process dies; only an OS crash or
   power cut can roll back the last commits (SQLite's recommended setting for WAL).
+Measured (bench, 2 cores): a 288-partition run with almost no data 19.9 s -> 6.8 s CLI wall; the
+day of a 4,500-point site 35.1 s -> 23.3 s.
 """
 
 from __future__ import annotations
@@ -32,12 +38,12 @@ from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
     SqlEventLogStorageTable,
 )
-from dagster_shared.serdes import serialize_value
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster_shared.serdes import serialize_value
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
@@ -151,27 +157,41 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
         run_ids = {event.run_id for event in batched}
         if len(batched) < 2 or len(run_ids) != 1:
             batched = []
+        # The others first: should one fail, Dagster's fallback stores the whole batch one event
+        # at a time, and nothing of the batch is stored yet.
+        stored = {id(event) for event in batched}
+        for event in events:
+            if id(event) not in stored:
+                self.store_event(event)
         if batched:
             rows = [self._event_to_row(event) for event in batched]
             insert = SqlEventLogStorageTable.insert()
             with self.run_connection(batched[0].run_id) as conn:
                 conn.execute(insert, rows)
-            with self.index_transaction() as conn:
-                event_ids = [conn.execute(insert, row).inserted_primary_key[0] for row in rows]
-                self._store_asset_event_tags(conn, batched, event_ids)
-                # The asset key row keeps the latest event of each kind (last materialization,
-                # last run): writing only the last of each kind per key, in order, leaves the
-                # row as writing all of them would, without serializing every record again.
-                last: dict[tuple[str, str], int] = {}
-                for index, event in enumerate(batched):
-                    kind = (event.get_dagster_event().asset_key.to_string(), event.dagster_event_type)
-                    last[kind] = index
-                for index in sorted(last.values()):
-                    self._store_asset_event(conn, batched[index], event_ids[index])
-        stored = {id(event) for event in batched}
-        for event in events:
-            if id(event) not in stored:
-                self.store_event(event)
+            # The run's shard has the rows now: if the index transaction fails, Dagster's own
+            # fallback (store_event one by one) would store them there a second time, so the
+            # index entries are retried one event at a time here instead.
+            try:
+                self._index_asset_events(batched, rows)
+            except Exception:  # noqa: BLE001 - e.g. "database is locked" after the busy timeout
+                for event, row in zip(batched, rows):
+                    self._index_asset_events([event], [row])
+
+    def _index_asset_events(self, events: Sequence[EventLogEntry], rows: list[dict]) -> None:
+        """The index shard's part of storing asset events, in one transaction."""
+        insert = SqlEventLogStorageTable.insert()
+        with self.index_transaction() as conn:
+            event_ids = [conn.execute(insert, row).inserted_primary_key[0] for row in rows]
+            self._store_asset_event_tags(conn, events, event_ids)
+            # The asset key row keeps the latest event of each kind (last materialization, last
+            # run): writing only the last of each kind per key, in order, leaves the row as
+            # writing all of them would, without serializing every record again.
+            last: dict[tuple[str, str], int] = {}
+            for index, event in enumerate(events):
+                kind = (event.get_dagster_event().asset_key.to_string(), event.dagster_event_type)
+                last[kind] = index
+            for index in sorted(last.values()):
+                self._store_asset_event(conn, events[index], event_ids[index])
 
     def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id) -> None:
         """One PLANNED row per partition of the run, as the stock method writes, with the
