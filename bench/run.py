@@ -95,6 +95,28 @@ def download_day(url: str, start: datetime, end: datetime, page_size: int) -> tu
 _NEXT_CURSOR = re.compile(rb'"next_cursor":\s*"([^"]+)"')
 
 
+def bench_home(
+    prefix: str, url: str, start: datetime, page_size: int, base: str | None = None
+) -> tuple[Path, dict[str, str]]:
+    """A fresh DAGSTER_HOME (the shipped dagster.yaml) and DuckDB file in a new temporary folder,
+    and the environment that points the pipeline at them and at the simulator."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    home = work / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ACE_API_URL": url,
+        "ACE_API_KEY": KEY,
+        "ACE_SITES": SITE,
+        "ACE_PAGE_SIZE": str(page_size),
+        "VITALS_DUCKDB_PATH": str(work / "vitals.duckdb"),
+        "VITALS_PARTITIONS_START": (start - timedelta(days=1)).strftime("%Y-%m-%d-%H:%M"),
+    }
+    return home, env
+
+
 def run_cli(args: list[str], env: dict) -> tuple[float, int, subprocess.CompletedProcess]:
     """Run a command; return (wall seconds, peak RSS bytes of the largest child so far, result)."""
     began = time.perf_counter()
@@ -171,20 +193,7 @@ def main() -> None:
         results["floor"] = floor
         print(f"floor: {floor:.2f}s for {pages} pages, {nbytes / 1e6:.0f} MB (warm cache: {warm:.2f}s)")
 
-        work = Path(tempfile.mkdtemp(prefix="vitals-bench-", dir=args.home_base))
-        home = work / "home"
-        home.mkdir()
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "ACE_API_URL": url,
-            "ACE_API_KEY": KEY,
-            "ACE_SITES": SITE,
-            "ACE_PAGE_SIZE": str(args.page_size),
-            "VITALS_DUCKDB_PATH": str(work / "vitals.duckdb"),
-            "VITALS_PARTITIONS_START": (start - timedelta(days=1)).strftime("%Y-%m-%d-%H:%M"),
-        }
-        (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+        home, env = bench_home("vitals-bench-", url, start, args.page_size, args.home_base)
         subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, capture_output=True, check=False)
         first, last = partition_key(start), partition_key(end - PARTITION)
         wall, peak, _ = run_cli(

@@ -13,10 +13,8 @@ in its own process.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -27,7 +25,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import BIN, KEY, SITE, commit, start_simulator  # noqa: E402
+from bench.run import BIN, SITE, bench_home, commit, start_simulator  # noqa: E402
 from vitals_pipeline.windows import PARTITION, partition_key  # noqa: E402
 
 
@@ -54,20 +52,7 @@ def main() -> None:
     start = end - timedelta(days=args.days)
     expected = args.points * args.days * 24 * 60
     sim, url = start_simulator(args.points, args.cache_mb)
-    work = Path(tempfile.mkdtemp(prefix="vitals-week-"))
-    home = work / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "ACE_API_URL": url,
-        "ACE_API_KEY": KEY,
-        "ACE_SITES": SITE,
-        "ACE_PAGE_SIZE": str(args.page_size),
-        "VITALS_DUCKDB_PATH": str(work / "vitals.duckdb"),
-        "VITALS_PARTITIONS_START": (start - timedelta(days=1)).strftime("%Y-%m-%d-%H:%M"),
-    }
+    _, env = bench_home("vitals-week-", url, start, args.page_size)
     try:
         print(f"simulator {url}: {args.points} points x 1/min, {start:%Y-%m-%d} .. {end:%Y-%m-%d} UTC, {expected:,} samples")
         began = time.perf_counter()

@@ -9,8 +9,7 @@ Names are imported on first use, so that `vitals status` can read the gap and ru
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vitals_pipeline.lazy import lazy_names
 
 _SOURCES = {
     "TIMESERIES_FRESHNESS": "freshness",
@@ -21,11 +20,4 @@ _SOURCES = {
 }
 
 __all__ = sorted(_SOURCES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _SOURCES)

@@ -8,8 +8,7 @@ of the DuckDB machinery.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vitals_pipeline.lazy import lazy_names
 
 _SOURCES = {
     "DEFAULT_LOCK_TIMEOUT_SECONDS": "duckdb_io",
@@ -38,11 +37,4 @@ _SOURCES = {
 }
 
 __all__ = sorted(_SOURCES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _SOURCES)
