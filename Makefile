@@ -27,6 +27,7 @@ dev: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/week.py
 	$(BIN)/python bench/ticks.py
 
 clean:

@@ -248,12 +248,7 @@ def main() -> None:
     print(HEADER)
     print(line)
     if not args.no_record:
-        path = ROOT / "bench" / "RESULTS.md"
-        if not path.exists():
-            path.write_text(PREAMBLE + HEADER + "\n")
-        with path.open("a") as f:
-            f.write(line + "\n")
-        print(f"appended to {path}")
+        record(HEADER, PREAMBLE, line)
 
 
 PREAMBLE = """# Benchmark results
@@ -270,6 +265,22 @@ HEADER = (
     "| date | commit | site x window | floor s | pipeline s | ratio | samples/s | peak RSS MiB | B/sample | old design s | live tick s |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def record(header: str, preamble: str, line: str) -> None:
+    """Add `line` as the last row of the table under `header` in bench/RESULTS.md (the section,
+    `preamble` + `header`, is added at the end of the file when it is not there yet)."""
+    path = ROOT / "bench" / "RESULTS.md"
+    text = path.read_text() if path.exists() else ""
+    if header not in text:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + preamble + header + "\n"
+    head, _, rest = text.partition(header + "\n")
+    rows = []
+    lines = rest.split("\n")
+    while lines and lines[0].startswith("|"):
+        rows.append(lines.pop(0))
+    path.write_text(head + header + "\n" + "\n".join([*rows, line, *lines]).rstrip("\n") + "\n")
+    print(f"recorded in {path}")
 
 
 def commit() -> str:

@@ -31,9 +31,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 SITE = "bench_site"
 KEY = "bench-key"
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+FLOOR_LABEL = "floor: python -c 'import dagster; open instance'"
 TARGETS = {"schedule tick": 0.5, "catch-up sensor tick": 1.0, "vitals status (subprocess)": 3.0}
 
 
@@ -41,6 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--history-hours", type=int, default=24)
+    parser.add_argument("--no-record", action="store_true", help="do not add a row to RESULTS.md")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="vitals-ticks-"))
@@ -143,7 +146,7 @@ def main() -> int:
             # What any process that reads the instance pays before asking anything: Python,
             # `import dagster` and opening the SQLite storages (alembic revision checks).
             floor = "import dagster; dagster.DagsterInstance.get()"
-            floor_label = "floor: python -c 'import dagster; open instance'"
+            floor_label = FLOOR_LABEL
             for _ in range(args.rounds):
                 with timed_child(results, floor_label):
                     subprocess.run([sys.executable, "-W", "ignore", "-c", floor], capture_output=True, check=True)
@@ -173,8 +176,36 @@ def main() -> int:
             f"{label:<52} {median:>7.3f}s {max(times):>7.3f}s "
             f"{(f'<{target:g}s' if target else ''):>8} {verdict}"
         )
-    print(f"\nload average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    load = os.getloadavg()[0]
+    print(f"\nload average: {load:.1f} on {os.cpu_count()} cores")
+    if not args.no_record:
+        from bench.run import commit, record
+
+        def med(label: str) -> str:
+            return f"{statistics.median(results[label]):.3f}" if label in results else "-"
+
+        record(
+            TICKS_HEADER,
+            TICKS_PREAMBLE,
+            f"| {datetime.now(UTC):%Y-%m-%d} | {commit()} | {partitions:,} | {med('schedule tick')} | "
+            f"{med('catch-up sensor tick')} | {med('vitals status (subprocess)')} | "
+            f"{med(FLOOR_LABEL)} | {load:.1f} |",
+        )
     return 0 if ok else 1
+
+
+TICKS_PREAMBLE = """## Automation and `vitals status` with ~115,000 partitions
+
+Measured by bench/ticks.py (VITALS_PARTITIONS_START 400 days back, a day of history with a gap
+and a failed run). Medians of 5 rounds, seconds. Floor = a Python process that imports dagster
+and opens the instance, which any instance reader pays. Targets: tick < 0.5, sensor < 1,
+status < 3.
+
+"""
+TICKS_HEADER = (
+    "| date | commit | partitions | schedule tick | catch-up sensor tick | vitals status (subprocess) | floor | load |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import BIN, SITE, bench_home, commit, start_simulator  # noqa: E402
+from bench.run import BIN, SITE, bench_home, commit, record, start_simulator  # noqa: E402
 from vitals_pipeline.windows import PARTITION, partition_key  # noqa: E402
 
 
@@ -100,12 +100,7 @@ def main() -> None:
     )
     print(line)
     if not args.no_record:
-        path = ROOT / "bench" / "RESULTS.md"
-        text = path.read_text()
-        if WEEK_HEADER not in text:
-            text = text.rstrip("\n") + "\n\n" + WEEK_PREAMBLE + WEEK_HEADER + "\n"
-        path.write_text(text + line + "\n")
-        print(f"appended to {path}")
+        record(WEEK_HEADER, WEEK_PREAMBLE, line)
 
 
 WEEK_PREAMBLE = """## Week backfill
