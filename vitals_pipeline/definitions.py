@@ -16,6 +16,7 @@ from vitals_pipeline.assets.weather import build_weather_asset
 from vitals_pipeline.automation import build_automation, with_timeseries_freshness
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
+from vitals_pipeline.memory import skip_collection_at_exit
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage import VitalsDuckDBIOManager
 
@@ -60,3 +61,5 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 
 
 defs = build_definitions(Settings.from_env())
+# Every Dagster process that loads this module (CLI, run workers, code servers) ends sooner.
+skip_collection_at_exit()

@@ -42,3 +42,18 @@ def release_freed_memory() -> None:
     trim = getattr(libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+def skip_collection_at_exit() -> None:
+    """Let the process end without the garbage collector's final pass over every object.
+
+    A process that loaded Dagster holds millions of objects; the collection Python runs while
+    shutting down took ~0.8 s of every `dagster asset materialize` here (a 3-partition live tick:
+    5.3 s of CLI wall -> 4.6 s), after the run was already recorded. Freezing at exit moves
+    everything to the permanent generation, which that pass skips. Python does not promise
+    `__del__` for objects alive at exit anyway; files and the instance are closed by then.
+    """
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
