@@ -413,7 +413,7 @@ class AceClient:
         stats = stats if stats is not None else FetchStats()
         try:
             return self._get(path, {}, f"weather of site {site!r}", stats)
-        except AceNotFoundError as exc:
+        except AceNotFoundError:
             try:
                 response = self._http.get(path)
                 stats.requests += 1

@@ -420,7 +420,6 @@ def judge(
 
     # Rolling context along time (history columns included), then the window's columns.
     k_flat = t.flatline_minutes * 60 // _PARTITION_S
-    k_stale = t.stale_device_minutes * 60 // _PARTITION_S
     last_seen = np.maximum.accumulate(last, axis=1)[:, h:]
     flat_min = _rolling(vmin, k_flat, np.minimum, np.inf)[:, h:]
     flat_max = _rolling(vmax, k_flat, np.maximum, -np.inf)[:, h:]
@@ -555,13 +554,11 @@ def _devices(*, device, configured, sampled, interval, sensor, down, last_seen, 
     if not known.any():
         return DEVICE_SUMMARY_SCHEMA.empty_table()
     labels, dev = np.unique(device[known].astype(str), return_inverse=True)
-    d = len(labels)
     # Points grouped by device (sorted), so per-device reductions are reduceat over row blocks.
     by_device = np.argsort(dev, kind="stable")
     idx = np.flatnonzero(known)[by_device]
     dev = dev[by_device]
     starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
-    w = len(window_start)
     window_end = window_start + _PARTITION_US
 
     dev_last = np.maximum.reduceat(np.where(seen[idx], last_seen[idx], _TS_MIN), starts, axis=0)
