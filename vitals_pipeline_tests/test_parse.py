@@ -188,7 +188,9 @@ def test_null_values_take_the_columnar_path_and_a_missing_value_key_does_not():
     t = "2026-01-01T00:00:00"
     nulls = orjson.dumps({"point_samples": [{"name": "a", "time": t, "value": None}, {"name": "b", "time": t, "value": "1"}]})
     spaced = nulls.replace(b'"value":null', b'"value" : null')
-    for body in (nulls, spaced):
+    ace = nulls.replace(b'":', b'": ').replace(b',"', b', "')  # ACE's spelling: `"value": null`
+    assert b'"value": null' in ace
+    for body in (nulls, spaced, ace):
         fast = _parse_columnar(body)
         assert fast is not None and fast.columns.column(2).to_pylist() == [None, "1"]
     missing = orjson.dumps({"point_samples": [{"name": "a", "time": t}, {"name": "b", "time": t, "value": None}]})

@@ -118,7 +118,13 @@ _NULL_VALUE = re.compile(rb'"value"\s*:\s*null')
 
 
 def _all_null_values_present(body: bytes, nulls: int) -> bool:
-    return body.count(b'"value":null') == nulls or len(_NULL_VALUE.findall(body)) == nulls
+    # Plain counts for the two spellings seen (compact JSON, and ACE's `"value": null`) take ~2 ms
+    # a page; the regex, for any other spacing, ~9 ms.
+    return (
+        body.count(b'"value":null') == nulls
+        or body.count(b'"value": null') == nulls
+        or len(_NULL_VALUE.findall(body)) == nulls
+    )
 
 
 def _parse_objects(body: bytes) -> Page:
