@@ -19,13 +19,16 @@ SITE = "test_site"
 SIM_NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
+def simulator(*sites: SiteSpec) -> Simulator:
+    """A simulator of `sites` that accepts SIM_KEY, its clock pinned at SIM_NOW."""
+    made = Simulator(SimulatorConfig(sites=list(sites), api_key=SIM_KEY))
+    made.set_now(SIM_NOW)
+    return made
+
+
 @pytest.fixture
 def sim() -> Simulator:
-    simulator = Simulator(
-        SimulatorConfig(sites=[SiteSpec(SITE, points=60, seed=3)], api_key=SIM_KEY)
-    )
-    simulator.set_now(SIM_NOW)
-    return simulator
+    return simulator(SiteSpec(SITE, points=60, seed=3))
 
 
 @pytest.fixture
@@ -47,6 +50,15 @@ def pipeline_env(monkeypatch, tmp_path, server):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+def derived_env(monkeypatch, tmp_path):
+    """For the tests of the derived assets (roll-up, archive, weather): the quality checks on
+    `<site>/timeseries` off (not what they test), the Parquet archive in the test's folder."""
+    monkeypatch.setenv("VITALS_CHECKS", "off")
+    monkeypatch.setenv("VITALS_ARCHIVE_URI", str(tmp_path / "archive"))
+    return tmp_path / "archive"
 
 
 @pytest.fixture(autouse=True)

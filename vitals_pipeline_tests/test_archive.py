@@ -10,13 +10,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SiteSpec
+from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.archive import ARCHIVE_CHECK, archive_key
 from vitals_pipeline.assets.site import range_tags, timeseries_key
 from vitals_pipeline.config import ConfigError, Settings, parse_archive_uri
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline_tests.helpers import run_assets, step_failures
-from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE
+from vitals_pipeline_tests.conftest import SITE, simulator
 
 DAY = "2026-03-09"
 FIRST, LAST = "2026-03-09-10:00", "2026-03-09-11:55"
@@ -24,17 +24,12 @@ FIRST, LAST = "2026-03-09-10:00", "2026-03-09-11:55"
 
 @pytest.fixture
 def sim() -> Simulator:
-    simulator = Simulator(SimulatorConfig(sites=[SiteSpec(SITE, points=40, seed=3)], api_key=SIM_KEY))
-    simulator.set_now(SIM_NOW)
-    return simulator
+    return simulator(SiteSpec(SITE, points=40, seed=3))
 
 
 @pytest.fixture(autouse=True)
-def archive_root(monkeypatch, tmp_path):
-    monkeypatch.setenv("VITALS_CHECKS", "off")  # the timeseries quality checks are not tested here
-    root = tmp_path / "archive"
-    monkeypatch.setenv("VITALS_ARCHIVE_URI", str(root))
-    return root
+def archive_root(derived_env):
+    return derived_env
 
 
 def run(selection, *, instance, **kwargs):
@@ -83,7 +78,7 @@ def test_day_exported_to_zstd_parquet_readable_by_duckdb_and_pyarrow(sim, pipeli
     assert dataset.to_table(filter=ds.field("site") == SITE).num_rows == len(expected)
     with duckdb.connect() as con:
         got = con.execute(
-            f"SELECT site, date::VARCHAR, count(*), min(ts), max(ts) FROM read_parquet(?, hive_partitioning = true) "
+            "SELECT site, date::VARCHAR, count(*), min(ts), max(ts) FROM read_parquet(?, hive_partitioning = true) "
             "GROUP BY ALL",
             [str(archive_root / "**" / "*.parquet")],
         ).fetchall()

@@ -13,7 +13,6 @@ for the next minute boundary, so it takes 30-90 s, the catch-up test about 25 s.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,13 +50,10 @@ def key(t: datetime) -> str:
 def home(tmp_path, monkeypatch):
     """DAGSTER_HOME with the shipped dagster.yaml, its storage created here, once, before any
     other process opens it (several processes meeting a fresh SQLite instance race to migrate)."""
-    path = tmp_path / "dagster_home"
-    path.mkdir()
-    shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(path))
-    with dg.DagsterInstance.get() as instance:
-        instance.upgrade()
-    return path
+    from vitals_pipeline.cli import ensure_dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    return ensure_dagster_home()
 
 
 @contextmanager

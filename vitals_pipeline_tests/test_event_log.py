@@ -4,7 +4,6 @@ what ours wrote."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from collections import Counter
 from pathlib import Path

@@ -8,7 +8,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SiteSpec
+from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.hourly import (
     AUTOMATION_SENSOR,
     HOURLY_SCHEMA,
@@ -20,23 +20,17 @@ from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline_tests.helpers import run_assets, step_failures
-from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE
+from vitals_pipeline_tests.conftest import SITE, simulator
 
 T0 = datetime(2026, 3, 9, 10, 0)  # naive UTC, as stored
 
 
 @pytest.fixture
 def sim() -> Simulator:
-    simulator = Simulator(SimulatorConfig(sites=[SiteSpec(SITE, points=40, seed=3)], api_key=SIM_KEY))
-    simulator.set_now(SIM_NOW)
-    return simulator
+    return simulator(SiteSpec(SITE, points=40, seed=3))
 
 
-@pytest.fixture(autouse=True)
-def derived_env(monkeypatch, tmp_path):
-    # The quality checks on <site>/timeseries are not what these tests are about.
-    monkeypatch.setenv("VITALS_CHECKS", "off")
-    monkeypatch.setenv("VITALS_ARCHIVE_URI", str(tmp_path / "archive"))
+pytestmark = pytest.mark.usefixtures("derived_env")
 
 
 def run(selection, *, instance, **kwargs):

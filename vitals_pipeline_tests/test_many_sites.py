@@ -9,12 +9,12 @@ import dagster as dg
 import duckdb
 import pytest
 
-from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SiteSpec
+from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.site import timeseries_key
 from vitals_pipeline.assets.weather import weather_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
-from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE
+from vitals_pipeline_tests.conftest import SITE, simulator
 
 SITES = [f"site_{i:02d}" for i in range(20)]
 GHOST = "ghost_site"  # unknown to ACE: every route answers 403
@@ -23,15 +23,10 @@ PER_SITE = {"timeseries", "points", "timeseries_hourly", "archive", "weather"}
 
 @pytest.fixture
 def sim() -> Simulator:
-    simulator = Simulator(SimulatorConfig(sites=[SiteSpec(SITE, points=40, seed=3)], api_key=SIM_KEY))
-    simulator.set_now(SIM_NOW)
-    return simulator
+    return simulator(SiteSpec(SITE, points=40, seed=3))
 
 
-@pytest.fixture(autouse=True)
-def derived_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("VITALS_CHECKS", "off")
-    monkeypatch.setenv("VITALS_ARCHIVE_URI", str(tmp_path / "archive"))
+pytestmark = pytest.mark.usefixtures("derived_env")
 
 
 def test_twenty_sites_load_fast_and_are_grouped_per_site(pipeline_env, monkeypatch):

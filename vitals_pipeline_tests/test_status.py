@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -45,13 +44,10 @@ def key(t: datetime) -> str:
 
 def make_home(base: Path, monkeypatch) -> Path:
     """A DAGSTER_HOME with the shipped dagster.yaml, initialised once, as `vitals status` finds it."""
-    path = base / "dagster_home"
-    path.mkdir()
-    shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(path))
-    with dg.DagsterInstance.get() as instance:
-        instance.upgrade()
-    return path
+    from vitals_pipeline.cli import ensure_dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(base / "dagster_home"))
+    return ensure_dagster_home()
 
 
 def load_last_hour(monkeypatch) -> dict:

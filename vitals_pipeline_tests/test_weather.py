@@ -8,11 +8,11 @@ import duckdb
 import pytest
 
 from vitals_pipeline.ace.client import AceClient, AceNotFoundError
-from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SiteSpec
+from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.weather import NO_FEED, weather_key, weather_rows
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
-from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE
+from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE, simulator
 
 NO_FEED_SITE = "no_feed_site"
 METRICS = ["clouds", "dew_point", "feels_like", "humidity", "pressure", "temp", "wet_bulb", "wind_deg", "wind_speed"]
@@ -20,20 +20,10 @@ METRICS = ["clouds", "dew_point", "feels_like", "humidity", "pressure", "temp", 
 
 @pytest.fixture
 def sim() -> Simulator:
-    simulator = Simulator(
-        SimulatorConfig(
-            sites=[SiteSpec(SITE, points=40, seed=3), SiteSpec(NO_FEED_SITE, points=40, seed=4, weather=False)],
-            api_key=SIM_KEY,
-        )
-    )
-    simulator.set_now(SIM_NOW)
-    return simulator
+    return simulator(SiteSpec(SITE, points=40, seed=3), SiteSpec(NO_FEED_SITE, points=40, seed=4, weather=False))
 
 
-@pytest.fixture(autouse=True)
-def derived_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("VITALS_CHECKS", "off")
-    monkeypatch.setenv("VITALS_ARCHIVE_URI", str(tmp_path / "archive"))
+pytestmark = pytest.mark.usefixtures("derived_env")
 
 
 def run(site, partition_key, instance):

@@ -24,6 +24,7 @@ import dagster as dg
 import duckdb
 
 from vitals_pipeline.assets.hourly import rollup_automation
+from vitals_pipeline.assets.keys import timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import connect_duckdb, qualified_name, schema_name
 from vitals_pipeline.storage.duckdb_io import naive_utc
@@ -158,7 +159,7 @@ class ArchiveConfig(dg.Config):
 def build_archive_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
     """`<site>/archive` for one ACE site."""
     slug = schema_name(site)
-    timeseries = dg.AssetKey([slug, "timeseries"])
+    timeseries = timeseries_key(site)
     key = dg.AssetKey([slug, "archive"])
     database = settings.duckdb_path
     root = settings.archive_uri
@@ -167,14 +168,7 @@ def build_archive_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
         key=key,
         group_name=slug,
         partitions_def=daily_partitions(settings),
-        deps=[
-            dg.AssetDep(
-                timeseries,
-                partition_mapping=dg.TimeWindowPartitionMapping(
-                    allow_nonexistent_upstream_partitions=True
-                ),
-            )
-        ],
+        deps=[timeseries_dep(site)],
         check_specs=[
             dg.AssetCheckSpec(
                 ARCHIVE_CHECK,

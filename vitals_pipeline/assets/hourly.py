@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vitals_pipeline.assets.keys import points_key, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import connect_duckdb, qualified_name, schema_name
 from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc
@@ -187,8 +188,8 @@ def rollup_automation(upstream: dg.AssetKey) -> dg.AutomationCondition:
 def build_hourly_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
     """`<site>/timeseries_hourly` for one ACE site."""
     slug = schema_name(site)
-    timeseries = dg.AssetKey([slug, "timeseries"])
-    points = dg.AssetKey([slug, "points"])
+    timeseries = timeseries_key(site)
+    points = points_key(site)
     database = settings.duckdb_path
 
     @dg.asset(
@@ -196,14 +197,7 @@ def build_hourly_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
         group_name=slug,
         partitions_def=hourly_partitions(settings),
         deps=[
-            # Each hour reads its own twelve 5-minute partitions; the first hour may start before
-            # VITALS_PARTITIONS_START (those partitions do not exist and are not waited for).
-            dg.AssetDep(
-                timeseries,
-                partition_mapping=dg.TimeWindowPartitionMapping(
-                    allow_nonexistent_upstream_partitions=True
-                ),
-            ),
+            timeseries_dep(site),  # each hour reads its own twelve 5-minute partitions
             points,  # units and tags tell totalizers apart; read if present, never waited for
         ],
         backfill_policy=dg.BackfillPolicy.single_run(),

@@ -28,6 +28,16 @@ def points_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "points"])
 
 
+def timeseries_dep(site: str) -> dg.AssetDep:
+    """A dependency on the site's 5-minute partitions from a coarser time-partitioned asset (an
+    hour or a day depends on the partitions it spans). The first hour or day may start before
+    VITALS_PARTITIONS_START: those partitions do not exist and are not waited for."""
+    return dg.AssetDep(
+        timeseries_key(site),
+        partition_mapping=dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True),
+    )
+
+
 def range_tags(first_key: str, last_key: str) -> dict[str, str]:
     """Run tags that make one run cover partitions first..last (single_run backfill shape)."""
     return {

@@ -32,6 +32,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
+from vitals_pipeline.assets.keys import timeseries_dep, timeseries_key
 from vitals_pipeline.checks.quality import QUALITY_TABLE, table_exists
 from vitals_pipeline.checks.rules import DOWN, FAULT, OK, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -170,23 +171,14 @@ def build_quality_daily_asset(
 ) -> dg.AssetsDefinition:
     """`<site>/quality_daily` for one ACE site."""
     slug = schema_name(site)
-    timeseries = dg.AssetKey([slug, "timeseries"])
+    timeseries = timeseries_key(site)
     database = settings.duckdb_path
 
     @dg.asset(
         key=[slug, DAILY_TABLE],
         group_name=slug,
         partitions_def=daily_partitions(settings),
-        # A day depends on its 288 five-minute partitions; the first day may start before
-        # VITALS_PARTITIONS_START (those partitions do not exist and are not waited for).
-        deps=[
-            dg.AssetDep(
-                timeseries,
-                partition_mapping=dg.TimeWindowPartitionMapping(
-                    allow_nonexistent_upstream_partitions=True
-                ),
-            )
-        ],
+        deps=[timeseries_dep(site)],  # a day depends on its 288 five-minute partitions
         backfill_policy=dg.BackfillPolicy.single_run(),
         automation_condition=daily_automation(timeseries),
         pool="duckdb",

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vitals_pipeline.checks.rules import DOWN, FAULT, OK, UNKNOWN
+from vitals_pipeline.checks.rules import DOWN, FAULT, OK, POINT_RULES_SCHEMA, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.windows import PARTITION, Window, partition_key
@@ -66,17 +66,12 @@ QUALITY_SCHEMA = pa.schema(
         ("reason", pa.string()),  # why, for a person; NULL when there is nothing to say
     ]
 )
-# Per point, over the run's window: what the checks report.
+# Per point, over the run's window: what the checks report (the point's rules, then figures).
 POINT_SUMMARY_SCHEMA = pa.schema(
     [
-        ("point", pa.string()),
-        ("device", pa.string()),
-        ("unit", pa.string()),
-        ("role", pa.string()),
-        ("interval_s", pa.int64()),
-        ("range_lo", pa.float64()),
-        ("range_hi", pa.float64()),
-        ("flat_tolerance", pa.float64()),
+        *(POINT_RULES_SCHEMA.field(name) for name in (
+            "point", "device", "unit", "role", "interval_s", "range_lo", "range_hi", "flat_tolerance",
+        )),
         ("configured", pa.bool_()),
         ("expected", pa.float64()),
         ("missing", pa.float64()),
