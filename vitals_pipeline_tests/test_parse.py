@@ -1,5 +1,6 @@
 """Wire strings -> typed columns: values, times, the page envelope."""
 
+import json
 from datetime import UTC, datetime
 
 import orjson
@@ -12,6 +13,7 @@ from vitals_pipeline.ace.parse import (
     PageFormatError,
     _parse_columnar,
     _parse_objects,
+    _parse_scanned,
     parse_page,
     parse_times,
     parse_values,
@@ -166,9 +168,65 @@ def _page_or_error(parse, body):
 @given(_ENVELOPE, st.sampled_from([orjson.dumps, lambda d: orjson.dumps(d, option=orjson.OPT_INDENT_2)]))
 def test_columnar_page_parse_declines_or_agrees_with_the_object_parse(doc, dump):
     body = dump(doc)
-    fast = _parse_columnar(body)
-    if fast is not None:
-        assert _page_or_error(lambda b: fast, body) == _page_or_error(_parse_objects, body)
+    for fast_path in (_parse_scanned, _parse_columnar):
+        fast = fast_path(body)
+        if fast is not None:
+            assert _page_or_error(lambda b: fast, body) == _page_or_error(_parse_objects, body)
+    assert _page_or_error(parse_page, body) == _page_or_error(_parse_objects, body)
+
+
+# Pages as ACE writes them (name, value, time; a value may be null), compact or with ACE's
+# `", "` / `": "` spacing, non-ASCII raw or escaped: the scanned path reads them all, exactly as
+# the object parse does. Names and values are any text but a quote or backslash (which make it
+# decline), so separators, brackets and braces inside strings are tried too.
+_PLAIN = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='"\\'), max_size=10)
+_ACE_SAMPLE = st.builds(
+    lambda name, value, time: {"name": name, "value": value, "time": time},
+    _PLAIN, st.one_of(_PLAIN, st.none()), _PLAIN,
+)
+_ACE_DUMPS = [
+    lambda d: json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode(),
+    lambda d: json.dumps(d, separators=(",", ":")).encode(),
+    lambda d: json.dumps(d, ensure_ascii=False).encode(),
+    lambda d: json.dumps(d).encode(),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_ACE_SAMPLE, min_size=1, max_size=8),
+    st.one_of(st.none(), _PLAIN),
+    st.booleans(),
+    st.sampled_from(_ACE_DUMPS),
+)
+def test_pages_laid_out_as_ace_writes_them_take_the_scanned_path(samples, cursor, more, dump):
+    body = dump({"point_samples": samples, "next_cursor": cursor, "has_more": more})
+    scanned = _parse_scanned(body)
+    if any(ord(c) < 32 for s in samples for v in s.values() if v for c in v) and b"\\" not in body:
+        assert scanned is None  # a raw control character is not JSON
+        return
+    assert scanned is not None, body
+    assert _page_or_error(lambda b: scanned, body) == _page_or_error(_parse_objects, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"point_samples":[{"name":"a\\"b","value":"1","time":"t"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a\\\\","value":"1","time":"t"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","time":"t","value":"1"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","value":1,"time":"t"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","value":"1","time":"t","x":"y"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","value":"1","time":"t"}],"point_samples":[]}',
+        b'{"point_samples":[{"name":"a","value":"1","time":"t"}',
+        b'{"point_samples":[{"name":"a", "value":"1","time":"t"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","value":"1","time":"t"},{"name":"b","value":"2"}]}',
+    ],
+)
+def test_the_scanned_path_declines_what_it_cannot_read_exactly(body):
+    # Escaped quotes/backslashes, other key orders, numbers, extra keys, a second list, a cut-off
+    # body, other spacing, a missing key: the next paths decide, as before.
+    assert _parse_scanned(body) is None
     assert _page_or_error(parse_page, body) == _page_or_error(_parse_objects, body)
 
 

@@ -2,10 +2,11 @@
 
 A page arrives as JSON with every value a *string* (`"0.0"`, `"-24.8571"`, `"NaN"`, `null`, text)
 and every time a naive ISO string meaning UTC. Each page is turned into three Arrow string columns
-at once (so the run never holds a Python object per sample for long), and the run's pages are
-typed together: times to `timestamp[us]` (naive UTC, microseconds kept), values to float64 with a
-correctly rounded parser (Arrow's cast; `pandas.to_numeric` is not correctly rounded), the wire
-string kept in `raw_value` whenever it is not a finite number.
+at once (so the run never holds a Python object per sample): by locating its quotes when it is laid
+out as ACE writes it, else by Arrow's JSON reader, else by orjson (the exact rules every path must
+agree with). Each page is then typed: times to `timestamp[us]` (naive UTC, microseconds kept),
+values to float64 with a correctly rounded parser (Arrow's cast; `pandas.to_numeric` is not
+correctly rounded), the wire string kept in `raw_value` whenever it is not a finite number.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from operator import itemgetter
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,11 +72,142 @@ def parse_page(body: bytes) -> Page:
     Raises PageFormatError for a body that is not JSON or not the page envelope: ACE cuts huge
     pages off mid-stream, and a proxy may answer 200 with HTML.
     """
-    return _parse_columnar(body) or _parse_objects(body)
+    return _parse_scanned(body) or _parse_columnar(body) or _parse_objects(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scanned path: ACE's own page layout, read by locating its quotes.
+#
+# A page of ACE's is `{"point_samples": [{"name": "...", "value": "..." or null, "time": "..."},
+# ...], "next_cursor": ..., "has_more": ...}`, written compact or with `", "` / `": "` spacing.
+# Without a backslash in the body every string is the bytes between two consecutive quotes, so
+# the samples' strings can be cut out of the body with array arithmetic instead of a JSON
+# parser: ~25 ms for a 5 MB page against ~55 ms for Arrow's reader (whose tape of 150,000 little
+# structs is what costs). Nothing is guessed: every byte between the name/value/time strings
+# must be one of the exact frames below, the strings must be valid UTF-8 without control
+# characters, and the rest of the envelope is read by orjson. Any other page is declined.
+
+_SCAN_PREFIXES = (b'{"point_samples":[{"name":"', b'{"point_samples": [{"name": "')
+# The bytes from the closing quote of one sample string to the opening quote of the next, in
+# both spellings; index // 2 is the kind of step.
+def _string_array(texts: list[str]) -> pa.Array:
+    """A string array without pa.array(), which imports pandas (~0.4 s) on first use."""
+    data = [text.encode() for text in texts]
+    offsets = np.cumsum([0] + [len(d) for d in data], dtype=np.int32)
+    return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)))
+
+
+_FRAMES = _string_array(
+    [
+        '","value":"', '", "value": "',  # name -> value
+        '","time":"', '", "time": "',  # value -> time
+        '","value":null,"time":"', '", "value": null, "time": "',  # name -> time (null value)
+        '"},{"name":"', '"}, {"name": "',  # time -> the next sample's name
+    ]
+)
+_NAME_VALUE, _VALUE_TIME, _NAME_TIME, _TIME_NAME = 0, 1, 2, 3
+_QUOTE, _BRACE, _BRACKET, _SPACE = ord('"'), ord("}"), ord("]"), ord(" ")
+# Per sample of 6 strings (name key, name, value key, value, time key, time) or 5 (the value is
+# null): the positions of its value strings and the frame expected after each of them.
+_VALUE_STRINGS = np.array([[1, 4, -1], [1, 3, 5]])
+_FRAMES_AFTER = np.array([[_NAME_TIME, _TIME_NAME, -1], [_NAME_VALUE, _VALUE_TIME, _TIME_NAME]])
+
+
+def _parse_scanned(body: bytes) -> Page | None:
+    """The fastest path, for pages laid out as ACE writes them; None to take the next path."""
+    escaped = b"\\" in body
+    if escaped and (b'\\"' in body or b"\\\\" in body):
+        return None  # an escaped quote or backslash: quotes no longer delimit every string
+    raw = np.frombuffer(body, np.uint8)
+    quotes = np.flatnonzero(raw == _QUOTE)
+    if len(quotes) < 8 or len(quotes) % 2:
+        return None
+    opens, closes = quotes[0::2], quotes[1::2]  # string k is body[opens[k] + 1 : closes[k]]
+    if body[: opens[2] + 1] not in _SCAN_PREFIXES:
+        return None
+    # Samples are separated by `}`: the string after a `}` is a sample's "name" key, the first
+    # `}]` closes the list. (Only a guide to where the strings are: the frames check every byte.)
+    after = closes[:-1] + 1  # after[j]: the first byte between string j and string j + 1
+    braces = np.flatnonzero(raw[after] == _BRACE)
+    ends = braces[raw[np.minimum(after[braces] + 1, len(raw) - 1)] == _BRACKET]
+    if not len(ends):
+        return None
+    end = int(ends[0]) + 1  # strings 1 .. end-1 belong to samples
+    keys = np.concatenate(([1], braces[braces < end - 1] + 1))  # each sample's "name" key
+    counts = np.diff(np.append(keys, end))
+    full = counts == 6  # else 5: a null value has no string
+    if not (full | (counts == 5)).all():
+        return None
+    per_sample = np.where(full, 3, 2)  # value strings per sample
+    first = np.zeros(len(keys), np.int64)
+    np.cumsum(per_sample[:-1], out=first[1:])  # each sample's name, counted in value strings
+    total = int(first[-1] + per_sample[-1])
+    row = np.repeat(full.astype(np.intp), per_sample)
+    step = np.arange(total) - np.repeat(first, per_sample)
+    strings = np.repeat(keys, per_sample) + _VALUE_STRINGS[row, step]
+    # One zero-copy array over the body: even elements are the value strings, odd ones the frames
+    # between them (closing quote .. opening quote).
+    bounds = np.empty(2 * total, np.int32)
+    bounds[0::2] = opens[strings] + 1
+    bounds[1::2] = closes[strings]
+    spans = pa.StringArray.from_buffers(2 * total - 1, pa.py_buffer(bounds), pa.py_buffer(body))
+    frames = pc.index_in(spans.take(_int32(np.arange(1, 2 * total - 1, 2))), value_set=_FRAMES)
+    if frames.null_count or not np.array_equal(
+        frames.to_numpy() // 2, _FRAMES_AFTER[row, step][:-1]
+    ):
+        return None
+    if (raw < _SPACE).any():
+        return None  # a raw control character: not JSON, as the exact path will say
+    names = spans.take(_int32(2 * first))
+    times = spans.take(_int32(2 * (first + per_sample - 1)))
+    value_at = 2 * (first + 1)
+    values = spans.take(
+        _int32(value_at)
+        if full.all()
+        else pa.Array.from_buffers(
+            pa.int32(),
+            len(full),
+            [pa.py_buffer(np.packbits(full, bitorder="little")), _int32(value_at).buffers()[1]],
+        )
+    )
+    columns = [names, times, values]
+    try:
+        for column in columns:
+            column.validate(full=True)  # UTF-8
+        if escaped:
+            columns = [_unescaped(column) for column in columns]
+    except (pa.ArrowInvalid, orjson.JSONDecodeError):
+        return None
+    tail = body[closes[strings[-1]] + 1 :]
+    if b'"point_samples"' in tail:
+        return None  # a second sample list: the exact path would take that one
+    try:
+        envelope = orjson.loads(b'{"point_samples":[{' + tail)
+    except orjson.JSONDecodeError:
+        return None
+    return Page(
+        columns=pa.RecordBatch.from_arrays(columns, schema=WIRE_SCHEMA),
+        has_more=bool(envelope.get("has_more")),
+        server_cursor=envelope.get("next_cursor"),
+    )
+
+
+def _unescaped(column: pa.Array) -> pa.Array:
+    """Strings holding a JSON escape (`\\u00b0`, `\\n`...) decoded; the others as they are."""
+    marked = pc.fill_null(pc.match_substring(column, "\\"), False)
+    if not pc.any(marked).as_py():
+        return column
+    decoded = [orjson.loads(b'"' + text.encode() + b'"') for text in column.filter(marked).to_pylist()]
+    return pc.replace_with_mask(column, marked, _string_array(decoded))
+
+
+def _int32(positions: np.ndarray) -> pa.Array:
+    """Take indices without pa.array() (which imports pandas on first use, ~0.5 s a run)."""
+    return pa.Array.from_buffers(pa.int32(), len(positions), [None, pa.py_buffer(positions.astype(np.int32))])
 
 
 def _parse_columnar(body: bytes) -> Page | None:
-    """The fast path: Arrow's JSON reader straight into columns, or None to take the exact path.
+    """The second path: Arrow's JSON reader straight into columns, or None for the exact path.
 
     It builds no Python object per sample and releases the GIL, so the two fetch threads parse
     in parallel (measured on a 50,000-sample page: 30 ms a page with two threads, against 67 ms
