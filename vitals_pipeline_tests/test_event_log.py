@@ -152,6 +152,50 @@ def test_connections_are_wal_with_normal_sync_and_engines_are_bounded(tmp_path):
         storage.dispose()
 
 
+def _shape(path: Path) -> tuple:
+    """What makes two shards the same to Dagster: schema, migration stamp, journal mode."""
+    conn = sqlite3.connect(path)
+    try:
+        return (
+            sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()),
+            conn.execute("SELECT version_num FROM alembic_version").fetchall(),
+            conn.execute("PRAGMA journal_mode").fetchone(),
+        )
+    finally:
+        conn.close()
+
+
+def test_new_run_shards_are_copies_of_a_stock_initialized_shard(tmp_path):
+    runs = tmp_path / "runs"
+    ours, stock = VitalsSqliteEventLogStorage(str(runs)), SqliteEventLogStorage(str(tmp_path / "stock"))
+    try:
+        with stock.run_connection("stock-run"):
+            pass
+        for run in ("run-1", "run-2"):
+            with ours.run_connection(run):
+                pass
+        templates = list(runs.glob(".run-shard-template-*.sqlite"))
+        assert len(templates) == 1, "made once, beside the shards"
+        expected = _shape(tmp_path / "stock" / "stock-run.db")
+        assert _shape(runs / "run-1.db") == _shape(runs / "run-2.db") == expected
+        # Not a run to Dagster, and nothing half-written left behind.
+        assert sorted(ours.get_all_run_ids()) == ["run-1", "run-2"]
+        assert not list(runs.glob("*.partial*"))
+        # A shard that exists already is opened, never replaced by a copy.
+        ours._initialized_dbs.discard("run-1")
+        with ours.run_connection("run-1") as conn:
+            conn.exec_driver_sql("CREATE TABLE marker (x INTEGER)")
+        again = VitalsSqliteEventLogStorage(str(runs))
+        try:
+            with again.run_connection("run-1") as conn:
+                assert conn.exec_driver_sql("SELECT count(*) FROM marker").scalar() == 0
+        finally:
+            again.dispose()
+    finally:
+        ours.dispose()
+        stock.dispose()
+
+
 def test_base_dir_defaults_to_dagster_home(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     storage = VitalsSqliteEventLogStorage()

@@ -350,6 +350,51 @@ def test_companion_rows_outside_the_window_are_refused(conn):
         )  # fmt: skip
 
 
+def test_companions_from_a_callable_join_the_transaction_after_the_rows(conn):
+    """The callable runs inside the transaction, after the rows are merged (the asset computes the
+    quality rows meanwhile); if it fails, neither table changes."""
+    seen_inside: list[int] = []
+
+    def quality_rows():
+        # Another connection of the same database sees no new row yet: the transaction is open.
+        other = conn.cursor()
+        try:
+            seen_inside.append(other.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0])
+        finally:
+            other.close()
+        return {"quality": _quality(("p1", T0, 1), ("p2", T0, 1))}
+
+    store_slice(
+        conn, schema=SITE, table="timeseries", rows=samples(("p1", at(1), 1.0, None)),
+        merge_keys=KEYS, time_column="ts", window=WINDOW,
+    )  # fmt: skip
+    counts = store_slice(
+        conn, schema=SITE, table="timeseries",
+        rows=samples(("p1", at(1), 1.0, None), ("p2", at(1), 2.0, None)),
+        merge_keys=KEYS, time_column="ts", window=WINDOW, companions=quality_rows,
+    )  # fmt: skip
+    assert seen_inside == [1]
+    assert counts["timeseries"] == StoreCounts(inserted=1, unchanged=1)
+    assert stored(conn, "quality") == [("p1", T0, 1), ("p2", T0, 1)]
+
+    def failing():
+        raise RuntimeError("the quality grid failed")
+
+    with pytest.raises(RuntimeError, match="quality grid"):
+        store_slice(
+            conn, schema=SITE, table="timeseries", rows=samples(("p3", at(2), 3.0, None)),
+            merge_keys=KEYS, time_column="ts", window=WINDOW, companions=failing,
+        )  # fmt: skip
+    assert [row[0] for row in stored(conn)] == ["p1", "p2"]
+    with pytest.raises(ValueError, match="name of the asset's own table"):
+        store_slice(
+            conn, schema=SITE, table="timeseries", rows=samples(("p3", at(2), 3.0, None)),
+            merge_keys=KEYS, time_column="ts", window=WINDOW,
+            companions=lambda: {"timeseries": _quality(("p3", T0, 1))},
+        )  # fmt: skip
+    assert [row[0] for row in stored(conn)] == ["p1", "p2"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Locks (problem 7)
 

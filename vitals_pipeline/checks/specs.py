@@ -1,8 +1,10 @@
 """The asset checks of `<site>/timeseries`, and the two steps that feed them in the asset's run.
 
-1. Before the store (`assess_run`): the points table is read, every point's rules derived, and
-   the window's quality rows computed (quality.py) so the IO manager merges them into
-   `<site>.quality` in the same transaction as the samples (`RunQuality.bundle`).
+1. Before the store (`read_quality_inputs`, then `assess`): the points table and the bounded
+   stored history are read, every point's rules derived, and the window's quality rows computed
+   (quality.py) so the IO manager merges them into `<site>.quality` in the same transaction as
+   the samples (`RunQuality.companions`). Only the reading needs DuckDB: the asset computes
+   while the IO manager inserts the samples.
 2. After the store (`RunQuality.check_results`): the stored window is verified in DuckDB
    (duplicates, future samples, every fetched sample stored inside the window), and one
    AssetCheckResult per check is built from those figures and the quality rows.
@@ -26,14 +28,16 @@ from vitals_pipeline.checks.quality import (
     QUALITY_TABLE,
     QUALITY_TIME_COLUMN,
     QualityAssessment,
-    assess_window,
+    history_span,
+    judge,
     naive,
+    stored_rows,
     table_exists,
 )
 from vitals_pipeline.checks.catalog import CHECK_NAMES, CHECKS, CheckInfo  # noqa: F401 - re-exported
 from vitals_pipeline.checks.rules import completeness_verdict, point_rules
 from vitals_pipeline.checks.thresholds import QualityThresholds
-from vitals_pipeline.storage.duckdb_io import CompanionTable, WindowBundle, connect_duckdb
+from vitals_pipeline.storage.duckdb_io import CompanionTable, connect_duckdb
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.windows import Window
 
@@ -96,18 +100,15 @@ class RunQuality:
     assessment: QualityAssessment
     partition_figures: dict[str, dict] = field(default_factory=dict)
 
-    def bundle(self, samples: pa.Table) -> WindowBundle:
-        """The asset's output: the samples plus the quality rows, stored in one transaction."""
-        return WindowBundle(
-            rows=samples,
-            companions={
-                QUALITY_TABLE: CompanionTable(
-                    rows=self.assessment.rows,
-                    merge_keys=QUALITY_MERGE_KEYS,
-                    time_column=QUALITY_TIME_COLUMN,
-                )
-            },
-        )
+    def companions(self) -> dict[str, CompanionTable]:
+        """The quality rows, as the IO manager stores them with the samples (one transaction)."""
+        return {
+            QUALITY_TABLE: CompanionTable(
+                rows=self.assessment.rows,
+                merge_keys=QUALITY_MERGE_KEYS,
+                time_column=QUALITY_TIME_COLUMN,
+            )
+        }
 
     def check_results(
         self, database: str, samples: pa.Table, source: SourceFigures
@@ -130,25 +131,54 @@ class RunQuality:
         return build_results(self, stored, source, now)
 
 
+@dataclass(frozen=True)
+class QualityInputs:
+    """What the store holds that the window's judgement needs, read before the store."""
+
+    rules: pa.Table
+    span: timedelta
+    kept: pa.Table | None  # stored rows of the window the run did not re-fetch
+    history: pa.Table | None
+    kept_keys: int
+
+
+def read_quality_inputs(
+    database: str, schema: str, samples: pa.Table, window: Window, thresholds: QualityThresholds
+) -> QualityInputs:
+    """The points' rules and the bounded stored history (the only DuckDB reads of `assess`)."""
+    conn = connect_duckdb(database)
+    try:
+        rules = point_rules(load_points(conn, schema), thresholds)
+        span = history_span(rules, thresholds)
+        kept, history, kept_keys = stored_rows(conn, schema, samples, window, span)
+    finally:
+        conn.close()
+    return QualityInputs(rules=rules, span=span, kept=kept, history=history, kept_keys=kept_keys)
+
+
+def assess(
+    site: str, schema: str, samples: pa.Table, window: Window, thresholds: QualityThresholds,
+    inputs: QualityInputs,
+) -> RunQuality:
+    """Judge the window (pure: no I/O, so it can run while the samples are being stored)."""
+    parts = [samples] + ([inputs.kept] if inputs.kept is not None and inputs.kept.num_rows else [])
+    assessment = judge(
+        window_parts=parts, history=inputs.history, window=window, span=inputs.span,
+        rules=inputs.rules, thresholds=thresholds, kept_keys=inputs.kept_keys,
+    )
+    return RunQuality(
+        site=site, schema=schema, window=window, thresholds=thresholds, assessment=assessment,
+        partition_figures=assessment.partition_figures,
+    )
+
+
 def assess_run(
     database: str, site: str, schema: str, samples: pa.Table, window: Window,
     thresholds: QualityThresholds,
 ) -> RunQuality:
     """Read the points and the bounded stored history, and judge the window (before the store)."""
-    conn = connect_duckdb(database)
-    try:
-        points = load_points(conn, schema)
-        rules = point_rules(points, thresholds)
-        assessment = assess_window(
-            conn, schema=schema, samples=samples, window=window, rules=rules,
-            thresholds=thresholds,
-        )
-    finally:
-        conn.close()
-    return RunQuality(
-        site=site, schema=schema, window=window, thresholds=thresholds, assessment=assessment,
-        partition_figures=assessment.partition_figures,
-    )
+    inputs = read_quality_inputs(database, schema, samples, window, thresholds)
+    return assess(site, schema, samples, window, thresholds, inputs)
 
 
 # ---------------------------------------------------------------------------------------------

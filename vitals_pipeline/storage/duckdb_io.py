@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,12 +65,18 @@ class CompanionTable:
     time_column: str | None
 
 
+# Companion tables by name, or a callable that returns them: it is called inside the store's
+# transaction once the main rows are merged, so companions still being computed (in another
+# thread) are stored atomically with rows that went in meanwhile.
+Companions = Mapping[str, CompanionTable] | Callable[[], Mapping[str, CompanionTable]]
+
+
 @dataclass(frozen=True)
 class WindowBundle:
     """An asset output: its rows plus companion tables (table name -> rows), stored atomically."""
 
     rows: pa.Table
-    companions: Mapping[str, CompanionTable] = field(default_factory=dict)
+    companions: Companions = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -414,7 +420,15 @@ def _slice_has_rows(conn, target: _Target, time_column, window) -> bool:
 
 def _insert_all(conn, target: _Target, incoming: str) -> int:
     """Fast path for an empty slice: one bulk insert, matched by column name."""
-    return _first_row(conn, f"INSERT INTO {target.sql} BY NAME {incoming}")[0]
+    [(limit,)] = conn.execute("SELECT current_setting('memory_limit')").fetchall()
+    conn.execute(f"SET memory_limit = '{BULK_INSERT_MEMORY}'")
+    try:
+        return _first_row(conn, f"INSERT INTO {target.sql} BY NAME {incoming}")[0]
+    finally:
+        conn.execute(f"SET memory_limit = '{limit}'")
+
+
+BULK_INSERT_MEMORY = "300MB"
 
 
 def _update_changed_rows(
@@ -500,58 +514,68 @@ def store_slice(
     merge_keys: Sequence[str],
     time_column: str | None = None,
     window: Window | None = None,
-    companions: Mapping[str, CompanionTable] | None = None,
+    companions: Companions | None = None,
 ) -> dict[str, StoreCounts]:
     """Merge `rows` (and each companion) into `schema` in one transaction; table name -> counts.
 
     With `window` (naive UTC [start, end)) and `time_column`, the merge covers only stored rows in
     the window, and frame rows outside it are refused. New keys are inserted, changed rows updated,
-    stored rows the frame lacks kept. Any error rolls the whole slice back.
+    stored rows the frame lacks kept. Any error rolls the whole slice back, including one raised
+    by a `companions` callable (see Companions).
     """
     if window is not None:
         window = (naive_utc(window[0]), naive_utc(window[1]))
-    if table in (companions or {}):
-        raise ValueError(f"companion table {table!r} has the name of the asset's own table")
     catalog = _current_catalog(conn)
-    parts: list[tuple[_Target, pa.Table, tuple[str, ...], str | None]] = [
-        (_Target(catalog, schema, table), as_arrow(rows), tuple(merge_keys), time_column)
-    ]
-    for name, companion in (companions or {}).items():
-        parts.append(
-            (
+    main = _Part(_Target(catalog, schema, table), as_arrow(rows), tuple(merge_keys), time_column)
+    main.check(conn, window)
+    counts: dict[str, StoreCounts] = {}
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        counts[table] = main.merge(conn, window)
+        resolved = companions() if callable(companions) else companions or {}
+        if table in resolved:
+            raise ValueError(f"companion table {table!r} has the name of the asset's own table")
+        parts = [
+            _Part(
                 _Target(catalog, schema, name),
                 as_arrow(companion.rows),
                 tuple(companion.merge_keys),
                 companion.time_column,
             )
-        )
-    for target, frame, keys, part_time_column in parts:
-        check_frame(
-            frame,
-            table=str(target),
-            merge_keys=keys,
-            time_column=part_time_column,
-            window=window,
-            conn=conn,
-        )
-
-    counts: dict[str, StoreCounts] = {}
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        for target, frame, keys, part_time_column in parts:
-            counts[target.table] = merge_rows(
-                conn,
-                target,
-                frame,
-                merge_keys=keys,
-                time_column=part_time_column,
-                window=window if part_time_column is not None else None,
-            )
+            for name, companion in resolved.items()
+        ]
+        for part in parts:
+            part.check(conn, window)
+        for part in parts:
+            counts[part.target.table] = part.merge(conn, window)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return counts
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One table's share of a store: its frame and how it merges."""
+
+    target: _Target
+    frame: pa.Table
+    merge_keys: tuple[str, ...]
+    time_column: str | None
+
+    def check(self, conn: duckdb.DuckDBPyConnection, window: Window | None) -> None:
+        check_frame(
+            self.frame, table=str(self.target), merge_keys=self.merge_keys,
+            time_column=self.time_column, window=window, conn=conn,
+        )
+
+    def merge(self, conn: duckdb.DuckDBPyConnection, window: Window | None) -> StoreCounts:
+        return merge_rows(
+            conn, self.target, self.frame, merge_keys=self.merge_keys,
+            time_column=self.time_column,
+            window=window if self.time_column is not None else None,
+        )
 
 
 def load_slice(

@@ -15,7 +15,11 @@ compares them):
   event serialized once instead of once per partition;
 - `PRAGMA synchronous=NORMAL` on each connection. The shards are in WAL mode, where NORMAL
   keeps the database consistent and loses nothing when a process dies; only an OS crash or
-  power cut can roll back the last commits (SQLite's recommended setting for WAL).
+  power cut can roll back the last commits (SQLite's recommended setting for WAL);
+- a new run's shard is a copy of an empty shard the stock code initialized once (a hidden
+  `.run-shard-template-<dagster version>.sqlite` beside the shards), not a fresh initialization:
+  creating the tables and stamping the migration revision (alembic loads its ~90 scripts) took
+  0.15-0.3 s of every run, the live tick included.
 Measured (bench, 2 cores): a 288-partition run with almost no data 19.9 s -> 6.8 s CLI wall; the
 day of a 4,500-point site 35.1 s -> 23.3 s.
 """
@@ -23,6 +27,7 @@ day of a 4,500-point site 35.1 s -> 23.3 s.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -30,6 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as db
+from dagster import __version__ as dagster_version
 from dagster._config import Field, StringSource
 from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
@@ -121,11 +127,49 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock:
             engine = self._engine(shard)
             if shard not in self._initialized_dbs:
-                self._initdb(engine)
+                if shard == INDEX_SHARD_NAME or not self._create_from_template(shard):
+                    self._initdb(engine)
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn:
                 with conn.begin():
                     yield conn
+
+    def _create_from_template(self, shard: str) -> bool:
+        """Create a run's missing shard as a copy of the template; False to initialize it the
+        stock way (it exists already, or the copy could not be made)."""
+        path = self.path_for_shard(shard)
+        if os.path.exists(path):
+            return False
+        template = os.path.join(self._base_dir, f".run-shard-template-{dagster_version}.sqlite")
+        partial = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"  # not *.db: no shard
+        try:
+            if not os.path.exists(template):
+                self._write_template(template)
+            shutil.copyfile(template, partial)
+            # link() fails if the shard appeared meanwhile (another process): never overwrite.
+            os.link(partial, path)
+        except Exception:  # noqa: BLE001 - only a shortcut: the stock initialization follows
+            return False
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        return True
+
+    def _write_template(self, template: str) -> None:
+        """An empty run shard, initialized by the stock code (tables, WAL, migration stamp)."""
+        partial = f"{template}.{os.getpid()}-{threading.get_ident()}.partial"
+        engine = db.create_engine(f"sqlite:///{partial}", poolclass=NullPool)
+        try:
+            self._initdb(engine)
+            engine.dispose()
+            if os.path.exists(f"{partial}-wal"):  # not checkpointed into the file: not usable
+                raise OSError(f"{partial}: write-ahead log left behind")
+            os.replace(partial, template)  # whoever writes last, the template is the same
+        finally:
+            engine.dispose()
+            for leftover in (partial, f"{partial}-wal", f"{partial}-shm"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
 
     def has_table(self, table_name: str) -> bool:
         # Asked once per stored materialization (for the tags table); a table, once there, stays.
