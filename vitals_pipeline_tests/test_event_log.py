@@ -143,11 +143,17 @@ def test_connections_are_wal_with_normal_sync_and_engines_are_bounded(tmp_path):
             with storage.run_connection(f"run-{i}") as conn:
                 assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
         assert len(storage._engines) == RUN_SHARD_ENGINES + 1  # the index's engine is kept
-        # No file stays open between uses (NullPool): another connection can take a write lock.
+        # Each engine keeps one idle connection (closing the last one checkpoints the log)...
+        index_engine = storage._engines["index"]
+        assert index_engine.pool.checkedin() == 1
+        # ...which holds no lock: another process's connection can take the write lock.
         other = sqlite3.connect(tmp_path / "runs" / "index.db", timeout=0)
         other.execute("BEGIN EXCLUSIVE")
-        other.rollback()
+        other.execute("CREATE TABLE written_elsewhere (x INTEGER)")
+        other.commit()
         other.close()
+        with storage.index_connection() as conn:  # and the kept connection sees its writes
+            assert conn.exec_driver_sql("SELECT count(*) FROM written_elsewhere").scalar() == 0
     finally:
         storage.dispose()
 
