@@ -35,3 +35,27 @@ def test_released_memory_goes_back_and_the_heap_is_frozen_at_exit():
         "release_freed_memory(); print('frozen-before-exit', gc.get_freeze_count() > 0)"
     )
     assert python(code) == ["frozen-before-exit", "False", "frozen", "True"]
+
+
+def test_pyarrow_runs_without_importing_pandas_until_a_conversion_needs_it():
+    code = """
+import sys
+import numpy as np, pyarrow as pa, pyarrow.compute as pc
+from vitals_pipeline.lazy import defer_pandas_in_pyarrow
+defer_pandas_in_pyarrow()
+a = pa.array(np.array([1.0, np.nan]), from_pandas=True)
+pc.greater(a, 0.5); a.to_numpy(zero_copy_only=False); pa.scalar(1.0)
+print('after-arrow', 'pandas' in sys.modules)
+import pandas as pd
+table = pa.Table.from_pandas(pd.DataFrame({'x': [1.0, None]}))
+print('from-pandas-nulls', table.column('x').null_count)
+print('series-nulls', pa.array(pd.Series([1.0, None])).null_count)
+print('roundtrip', table.to_pandas()['x'].isna().sum())
+"""
+    # Without the deferral, the first pa.array() imports pandas; with it, pandas is imported
+    # only by the conversion, after which pyarrow treats pandas objects as before (NaN -> null).
+    assert python(code) == [
+        "after-arrow", "False", "from-pandas-nulls", "1", "series-nulls", "1", "roundtrip", "1"
+    ]
+    undeferred = code.replace("defer_pandas_in_pyarrow()", "pass")
+    assert python(undeferred)[:2] == ["after-arrow", "True"]

@@ -23,6 +23,7 @@ from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_b
 from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
+from vitals_pipeline.lazy import defer_pandas_in_pyarrow
 from vitals_pipeline.memory import release_freed_memory, use_system_allocator
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.samples import clean_window
@@ -84,6 +85,7 @@ def build_site_assets(
         tw = context.partition_time_window
         window = Window(tw.start.astimezone(UTC), tw.end.astimezone(UTC))
         use_system_allocator()
+        defer_pandas_in_pyarrow()
         stats = FetchStats()
         try:
             with ace.client() as client:
