@@ -420,15 +420,7 @@ def _slice_has_rows(conn, target: _Target, time_column, window) -> bool:
 
 def _insert_all(conn, target: _Target, incoming: str) -> int:
     """Fast path for an empty slice: one bulk insert, matched by column name."""
-    [(limit,)] = conn.execute("SELECT current_setting('memory_limit')").fetchall()
-    conn.execute(f"SET memory_limit = '{BULK_INSERT_MEMORY}'")
-    try:
-        return _first_row(conn, f"INSERT INTO {target.sql} BY NAME {incoming}")[0]
-    finally:
-        conn.execute(f"SET memory_limit = '{limit}'")
-
-
-BULK_INSERT_MEMORY = "300MB"
+    return _first_row(conn, f"INSERT INTO {target.sql} BY NAME {incoming}")[0]
 
 
 def _update_changed_rows(
