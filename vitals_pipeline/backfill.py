@@ -39,7 +39,7 @@ def backfill(
     progress: Callable[[str], None] = print,
 ) -> list[ChunkResult]:
     """Materialize `<site>/timeseries` over `window` in chunks; a failed chunk stops that site."""
-    from vitals_pipeline.assets.keys import range_tags, timeseries_key, window_keys
+    from vitals_pipeline.assets.keys import BACKFILL_TAG, range_tags, timeseries_key, window_keys
 
     job = defs.resolve_implicit_global_asset_job_def()
     chunks = split_window(window, chunk_hours)
@@ -51,7 +51,7 @@ def backfill(
             result = job.execute_in_process(
                 instance=instance,
                 asset_selection=[timeseries_key(site)],
-                tags={**range_tags(first, last), "vitals/backfill": "true"},
+                tags={**range_tags(first, last), BACKFILL_TAG: "true"},
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 raise_on_error=False,
             )

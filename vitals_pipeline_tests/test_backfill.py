@@ -51,3 +51,13 @@ def test_backfill_keeps_no_run_frame_alive_between_chunks(sim, pipeline_env):
         results = backfill(build_definitions(Settings.from_env()), instance, [SITE], window, 1, lambda _: None)
         assert [r.success for r in results] == [True, True]
         assert frames_alive() == before
+        # Backfill runs judge the window before storing it (not while): same rows and figures.
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([SITE, "timeseries"]), asset_partitions=["2026-03-09-11:55"]),
+            limit=1,
+        ).records[0]
+        figures = record.asset_materialization.metadata
+        assert figures["points_reporting"].value > 0 and figures["samples"].value > 0
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        partitions = con.execute(f"SELECT count(DISTINCT window_start) FROM {SITE}.quality").fetchone()[0]
+    assert partitions == 24

@@ -38,6 +38,10 @@ def timeseries_dep(site: str) -> dg.AssetDep:
     )
 
 
+# Set on the runs of `vitals backfill` (one long-lived process, one run after another).
+BACKFILL_TAG = "vitals/backfill"
+
+
 def range_tags(first_key: str, last_key: str) -> dict[str, str]:
     """Run tags that make one run cover partitions first..last (single_run backfill shape)."""
     return {
