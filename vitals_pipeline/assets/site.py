@@ -144,7 +144,7 @@ def build_site_assets(
         # without the GIL), and its rows join the same transaction when it asks for them.
         # Measured on a day of a 4,500-point site: assess 1.3 s + store 2.4 s -> 2.7 s, peak RSS
         # ~100 MB higher. `vitals backfill` judges first and stores after: its one process runs
-        # day after day and holds more between runs (week peak 894 MiB this way, up to 1075 MiB
+        # day after day and holds more between runs (week peak 919 MiB this way, 956-1075 MiB
         # overlapped, against a 1 GB target).
         inputs = quality_checks.read_quality_inputs(
             settings.duckdb_path, slug, result.samples, window, quality
