@@ -97,14 +97,13 @@ def _string_array(texts: list[str]) -> pa.Array:
 _SCAN_PREFIXES = (b'{"point_samples":[{"name":"', b'{"point_samples": [{"name": "')
 # The bytes from the closing quote of one sample string to the opening quote of the next, in
 # both spellings; index // 2 is the kind of step.
-_FRAMES = _string_array(
-    [
-        '","value":"', '", "value": "',  # name -> value
-        '","time":"', '", "time": "',  # value -> time
-        '","value":null,"time":"', '", "value": null, "time": "',  # name -> time (null value)
-        '"},{"name":"', '"}, {"name": "',  # time -> the next sample's name
-    ]
-)
+_FRAME_TEXTS = [
+    '","value":"', '", "value": "',  # name -> value
+    '","time":"', '", "time": "',  # value -> time
+    '","value":null,"time":"', '", "value": null, "time": "',  # name -> time (null value)
+    '"},{"name":"', '"}, {"name": "',  # time -> the next sample's name
+]
+_FRAMES = _string_array(_FRAME_TEXTS)
 _NAME_VALUE, _VALUE_TIME, _NAME_TIME, _TIME_NAME = 0, 1, 2, 3
 _QUOTE, _BRACE, _BRACKET, _SPACE = ord('"'), ord("}"), ord("]"), ord(" ")
 # Per sample of 6 strings (name key, name, value key, value, time key, time) or 5 (the value is
@@ -199,7 +198,7 @@ def _parse_scanned(body: bytes) -> Page | None:
 
 # The frames of a page without null values: name -> value -> time -> next name, compact or spaced.
 _FULL_SAMPLE_FRAMES = tuple(
-    [_FRAMES[i].as_py().encode() for i in (style, 2 + style, 6 + style)] for style in (0, 1)
+    [_FRAME_TEXTS[i].encode() for i in (style, 2 + style, 6 + style)] for style in (0, 1)
 )
 
 

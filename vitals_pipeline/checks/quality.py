@@ -1,7 +1,8 @@
 """Per-point, per-partition quality of a run's window: the rows of `<site>.quality`, and the
 per-point and per-device facts the checks report.
 
-`assess_window` runs before the samples are stored, so that its rows can be merged in the same
+`assess_window` (in a run: specs.read_quality_inputs, then `judge` while the samples are being
+inserted) reads the store as it was before the run, so that its rows can be merged in the same
 transaction. It judges what the table WILL hold for the window once the run's rows are merged:
 the run's rows plus the stored rows of the window the run did not re-fetch (the merge keeps
 those). A bounded stretch of stored history before the window (`history_span`: the flatline and

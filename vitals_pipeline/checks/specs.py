@@ -172,15 +172,6 @@ def assess(
     )
 
 
-def assess_run(
-    database: str, site: str, schema: str, samples: pa.Table, window: Window,
-    thresholds: QualityThresholds,
-) -> RunQuality:
-    """Read the points and the bounded stored history, and judge the window (before the store)."""
-    inputs = read_quality_inputs(database, schema, samples, window, thresholds)
-    return assess(site, schema, samples, window, thresholds, inputs)
-
-
 # ---------------------------------------------------------------------------------------------
 # After the store
 

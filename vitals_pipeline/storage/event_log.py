@@ -169,12 +169,13 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
         engine = db.create_engine(f"sqlite:///{partial}", poolclass=NullPool)
         try:
             self._initdb(engine)
-            engine.dispose()
+        finally:
+            engine.dispose()  # closing the last connection checkpoints the log into the file
+        try:
             if os.path.exists(f"{partial}-wal"):  # not checkpointed into the file: not usable
                 raise OSError(f"{partial}: write-ahead log left behind")
             os.replace(partial, template)  # whoever writes last, the template is the same
         finally:
-            engine.dispose()
             for leftover in (partial, f"{partial}-wal", f"{partial}-shm"):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
