@@ -209,6 +209,25 @@ def test_pages_laid_out_as_ace_writes_them_take_the_scanned_path(samples, cursor
     assert _page_or_error(lambda b: scanned, body) == _page_or_error(_parse_objects, body)
 
 
+@pytest.mark.parametrize("dump", _ACE_DUMPS)
+def test_the_scanned_path_reads_brackets_in_strings_and_runs_of_nulls(dump):
+    # The sample list's end is found from the back (`"}]`), nulls by the gap they leave between
+    # the value and time keys: strings that spell those, and nulls first, last and in a row.
+    names = ["a}]", '}]', "null", ":null,", "}],{", "x"]
+    values = [None, "}]", None, None, '":null,"', None]
+    samples = [{"name": n, "value": v, "time": f"t{i}}}]"} for i, (n, v) in enumerate(zip(names, values))]
+    for cursor in ("}]", None):
+        body = dump({"point_samples": samples, "next_cursor": cursor, "has_more": True})
+        if b'\\"' in body:
+            continue  # an escaped quote: declined (tested below)
+        scanned = _parse_scanned(body)
+        assert scanned is not None, body
+        assert _page_or_error(lambda b: scanned, body) == _page_or_error(_parse_objects, body)
+        assert scanned.columns.column(2).to_pylist() == values
+    every_null = dump({"point_samples": [{"name": "a", "value": None, "time": "t"}] * 3})
+    assert _parse_scanned(every_null).columns.column(2).to_pylist() == [None] * 3
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -221,6 +240,11 @@ def test_pages_laid_out_as_ace_writes_them_take_the_scanned_path(samples, cursor
         b'{"point_samples":[{"name":"a","value":"1","time":"t"}',
         b'{"point_samples":[{"name":"a", "value":"1","time":"t"}],"has_more":false}',
         b'{"point_samples":[{"name":"a","value":"1","time":"t"},{"name":"b","value":"2"}]}',
+        b'{"point_samples":[{"name":"a","value":false,"time":"t"}],"has_more":false}',
+        b'{"point_samples":[{"name":null,"value":"1","time":"t"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","value":"1","time":null}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","value":null ,"time":"t"}],"has_more":false}',
+        b'{"point_samples":[{"name":"a","value":"1","time":"t"},{"name":"b","value":"2","time":"t"}],"x":[{"y":"z"}]}',
     ],
 )
 def test_the_scanned_path_declines_what_it_cannot_read_exactly(body):
