@@ -53,12 +53,18 @@ def _to_naive_us(t) -> int:
     return int(t.timestamp() * 1_000_000)
 
 
-def clean_window(samples: pa.Table, window: Window) -> CleanResult:
+def clean_window(samples: pa.Table, window: Window, *, run_window: Window | None = None) -> CleanResult:
     """Keep rows inside `window`, one per (point, ts), ordered by (ts, point); count what went.
 
     - Rows outside [start, end) are dropped (ACE's end_time may be inclusive, a page may leak).
       They are counted on the window's first partition (before start) or last one (at/after end).
     - Duplicate (point, ts) rows are dropped keeping the last seen (the later page).
+
+    With `run_window` (a run fetched in sub-windows, `window` being one of them, cleaned as it
+    arrives), rows of another sub-window are dropped uncounted: that sub-window fetched them
+    itself (ACE's inclusive end_time sends the row at a boundary to both). Rows outside the run's
+    window are counted on the run's first or last partition, as for a window fetched whole;
+    merge_clean_results puts the sub-windows back together.
     """
     keys = window.partition_keys()
     figures = {k: PartitionFigures() for k in keys}
@@ -66,8 +72,11 @@ def clean_window(samples: pa.Table, window: Window) -> CleanResult:
     lo, hi = _to_naive_us(window.start), _to_naive_us(window.end)
 
     before, after = ts_us < lo, ts_us >= hi
-    figures[keys[0]].out_of_window_dropped += int(before.sum())
-    figures[keys[-1]].out_of_window_dropped += int(after.sum())
+    run_keys = (run_window or window).partition_keys()
+    run_lo, run_hi = _to_naive_us((run_window or window).start), _to_naive_us((run_window or window).end)
+    for key, outside in ((run_keys[0], ts_us < run_lo), (run_keys[-1], ts_us >= run_hi)):
+        if outside.any():
+            figures.setdefault(key, PartitionFigures()).out_of_window_dropped += int(outside.sum())
     inside = ~(before | after)
     if not inside.all():
         samples = samples.filter(pa.array(inside))
@@ -93,6 +102,23 @@ def clean_window(samples: pa.Table, window: Window) -> CleanResult:
 
     _count_per_partition(samples, ts_us, codes, lo, keys, figures)
     return CleanResult(samples=samples, partitions=figures)
+
+
+def merge_clean_results(parts: list[CleanResult]) -> CleanResult:
+    """The results of consecutive sub-windows (clean_window with run_window) as one: samples in
+    (ts, point) order with one shared point dictionary, figures per partition added up."""
+    if len(parts) == 1:
+        return parts[0]
+    figures: dict[str, PartitionFigures] = {}
+    for part in parts:
+        for key, f in part.partitions.items():
+            total = figures.setdefault(key, PartitionFigures())
+            for name, value in f.__dict__.items():
+                setattr(total, name, getattr(total, name) + value)
+    samples = pa.concat_tables([part.samples for part in parts])
+    if pa.types.is_dictionary(samples.schema.field("point").type):
+        samples = samples.unify_dictionaries()
+    return CleanResult(samples=samples.combine_chunks(), partitions=dict(sorted(figures.items())))
 
 
 def _point_codes(points: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from vitals_pipeline.ace.parse import SAMPLE_SCHEMA
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
 from vitals_pipeline.assets.site import five_minute_partitions, range_tags, timeseries_key
 from vitals_pipeline.config import Settings
-from vitals_pipeline.samples import clean_window
+from vitals_pipeline.samples import clean_window, merge_clean_results
 from vitals_pipeline.windows import (
     PARTITION,
     Window,
@@ -267,3 +267,42 @@ def test_clean_window_matches_a_python_model(rows, rng, with_duplicates):
     assert {k: f.as_metadata() for k, f in result.partitions.items()} == figures
     assert result.samples.schema == SAMPLE_SCHEMA
     assert all(not (isinstance(v, float) and math.isnan(v)) for _, _, v, _ in got)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ROWS, st.randoms(use_true_random=False), st.sampled_from([[5], [10], [5, 10]]))
+def test_a_window_cleaned_in_sub_windows_is_the_window_cleaned_whole(rows, rng, cuts):
+    # A run fetches its window in sub-windows and cleans each as it arrives: each sub-window's
+    # fetch returns its rows with ACE's inclusive end (the row at a boundary comes twice), the
+    # first and last also rows that leak outside the run's window. Put back together, the
+    # samples and every partition's figures are those of the window cleaned whole.
+    if rows:
+        again = [rng.choice(rows) for _ in range(1 + len(rows) // 3)]
+        rows = rows + [(p, o, (rng.random(), None)) for p, o, _ in again]
+    rng.shuffle(rows)
+    naive_start = WINDOW.start.replace(tzinfo=None)
+
+    def table(part):
+        points = pa.array([r[0] for r in part], pa.string()).dictionary_encode()
+        return pa.table(
+            {
+                "point": points,
+                "ts": pa.array([naive_start + timedelta(microseconds=r[1]) for r in part], pa.timestamp("us")),
+                "value": pa.array([r[2][0] for r in part], pa.float64()),
+                "raw_value": pa.array([r[2][1] for r in part], pa.string()),
+            }
+        )
+
+    bounds = [0, *(c * 60_000_000 for c in cuts), SPAN_US]
+    results = []
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        first, last = i == 0, i == len(bounds) - 2
+        part = [r for r in rows if (first or r[1] >= lo) and (last or r[1] <= hi)]
+        sub = Window(WINDOW.start + timedelta(microseconds=lo), WINDOW.start + timedelta(microseconds=hi))
+        results.append(clean_window(table(part), sub, run_window=WINDOW))
+    merged = merge_clean_results(results)
+    whole = clean_window(table(rows), WINDOW)
+    assert merged.samples.to_pylist() == whole.samples.to_pylist()
+    assert {k: f.as_metadata() for k, f in merged.partitions.items()} == {
+        k: f.as_metadata() for k, f in whole.partitions.items()
+    }

@@ -27,7 +27,7 @@ from vitals_pipeline.config import Settings
 from vitals_pipeline.lazy import defer_pandas_in_pyarrow
 from vitals_pipeline.memory import release_freed_memory, use_system_allocator
 from vitals_pipeline.resources import AceResource
-from vitals_pipeline.samples import clean_window
+from vitals_pipeline.samples import CleanResult, clean_window, merge_clean_results
 from vitals_pipeline.storage.duckdb_io import WindowBundle
 from vitals_pipeline.storage.schema import schema_name
 from vitals_pipeline.windows import Window
@@ -88,27 +88,34 @@ def build_site_assets(
         use_system_allocator()
         defer_pandas_in_pyarrow()
         stats = FetchStats()
+
+        def clean_piece(batches: list, lo: datetime, hi: datetime) -> tuple[CleanResult, int]:
+            # A sub-window's pages, combined and cleaned by the thread that fetched them while
+            # the next pages download (~0.3 s less of a day's run than cleaning the whole window
+            # after the last page).
+            fetched = combine_samples(batches)
+            del batches[:]
+            future = (
+                quality_checks.count_future(fetched, quality_checks.utc_now(), quality)
+                if quality.enabled
+                else 0
+            )
+            return clean_window(fetched, Window(lo, hi), run_window=window), future
+
         try:
             with ace.client() as client:
                 # Each page is typed as it arrives, so its wire strings are freed at once.
-                batches = client.fetch_window(
-                    site, window.start, window.end, to_sample_batch, stats
+                pieces = client.fetch_pieces(
+                    site, window.start, window.end, to_sample_batch, clean_piece, stats
                 )
         except PERMANENT_ERRORS as exc:
             raise dg.Failure(
                 description=f"site {site!r}, window {window}: {exc}", allow_retries=False
             ) from None
-        fetched = combine_samples(batches)
-        del batches
-        release_freed_memory()
-        future_rows = (
-            quality_checks.count_future(fetched, quality_checks.utc_now(), quality)
-            if quality.enabled
-            else 0
-        )
-        result = clean_window(fetched, window)
-        del fetched
-        release_freed_memory()  # cleaning's temporaries: the store and the quality grid come next
+        future_rows = sum(future for _, future in pieces)
+        result = merge_clean_results([piece for piece, _ in pieces])
+        del pieces
+        release_freed_memory()  # the sub-windows' tables: the store and the quality grid come next
 
         def add_partition_metadata(run_quality: quality_checks.RunQuality | None) -> None:
             # completeness_pct, points_reporting, null_pct... of each stored partition, plotted.
