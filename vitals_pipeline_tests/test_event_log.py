@@ -93,7 +93,7 @@ def test_range_run_leaves_the_records_the_stock_storage_leaves(
     if index_fails:
         # The index transaction of a batch fails once (a lock held past the busy timeout): the
         # events are indexed one by one, and the run's shard holds each event once.
-        original = VitalsSqliteEventLogStorage._index_asset_events
+        original = VitalsSqliteEventLogStorage._index_events
         failed = []
 
         def flaky(self, events, rows):
@@ -102,7 +102,7 @@ def test_range_run_leaves_the_records_the_stock_storage_leaves(
                 raise RuntimeError("database is locked")
             return original(self, events, rows)
 
-        monkeypatch.setattr(VitalsSqliteEventLogStorage, "_index_asset_events", flaky)
+        monkeypatch.setattr(VitalsSqliteEventLogStorage, "_index_events", flaky)
     ours = home_with(tmp_path / "ours", stock=False)
     stock = home_with(tmp_path / "stock", stock=True)
     monkeypatch.setenv("DAGSTER_HOME", str(ours))
