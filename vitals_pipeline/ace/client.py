@@ -433,23 +433,6 @@ class AceClient:
         batches = list(self.iter_timeseries_pages(site, start, end, stats))
         return pa.Table.from_batches(batches, schema=WIRE_SCHEMA)
 
-    def fetch_window(
-        self,
-        site: str,
-        start: datetime,
-        end: datetime,
-        convert: Callable[[pa.RecordBatch], T],
-        stats: FetchStats | None = None,
-        *,
-        workers: int = 2,
-        chunk: timedelta = timedelta(hours=2),
-    ) -> list[T]:
-        """Every page of [start, end), each passed through `convert`, in time order."""
-        pieces = self.fetch_pieces(
-            site, start, end, convert, lambda pages, lo, hi: pages, stats, workers=workers, chunk=chunk
-        )
-        return [page for piece in pieces for page in piece]
-
     def fetch_pieces(
         self,
         site: str,
