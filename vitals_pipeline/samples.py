@@ -72,8 +72,9 @@ def clean_window(samples: pa.Table, window: Window, *, run_window: Window | None
     lo, hi = _to_naive_us(window.start), _to_naive_us(window.end)
 
     before, after = ts_us < lo, ts_us >= hi
-    run_keys = (run_window or window).partition_keys()
-    run_lo, run_hi = _to_naive_us((run_window or window).start), _to_naive_us((run_window or window).end)
+    run = run_window or window
+    run_keys = keys if run is window else run.partition_keys()
+    run_lo, run_hi = _to_naive_us(run.start), _to_naive_us(run.end)
     for key, outside in ((run_keys[0], ts_us < run_lo), (run_keys[-1], ts_us >= run_hi)):
         if outside.any():
             figures.setdefault(key, PartitionFigures()).out_of_window_dropped += int(outside.sum())

@@ -214,12 +214,10 @@ def test_the_scanned_path_reads_brackets_in_strings_and_runs_of_nulls(dump):
     # The sample list's end is found from the back (`"}]`), nulls by the gap they leave between
     # the value and time keys: strings that spell those, and nulls first, last and in a row.
     names = ["a}]", '}]', "null", ":null,", "}],{", "x"]
-    values = [None, "}]", None, None, '":null,"', None]
+    values = [None, "}]", None, None, ": null, ", None]
     samples = [{"name": n, "value": v, "time": f"t{i}}}]"} for i, (n, v) in enumerate(zip(names, values))]
     for cursor in ("}]", None):
         body = dump({"point_samples": samples, "next_cursor": cursor, "has_more": True})
-        if b'\\"' in body:
-            continue  # an escaped quote: declined (tested below)
         scanned = _parse_scanned(body)
         assert scanned is not None, body
         assert _page_or_error(lambda b: scanned, body) == _page_or_error(_parse_objects, body)
