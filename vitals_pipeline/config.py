@@ -23,6 +23,12 @@ DEFAULT_ARCHIVE_URI = "data/archive"
 DEFAULT_LOOKBACK_MINUTES = 10
 # Without VITALS_PARTITIONS_START the partitions begin this long before today (UTC midnight).
 DEFAULT_HISTORY_DAYS = 7
+# Fleet runs: sites fetched at once (also the cap on requests in flight to ACE), a site's time
+# budget per hour of window, sites per scheduled run, how often an unchanged check is re-recorded.
+DEFAULT_FETCH_CONCURRENCY = 16
+DEFAULT_SITE_BUDGET_SECONDS = 30
+DEFAULT_SHARD_SIZE = 500
+DEFAULT_CHECK_REPEAT_MINUTES = 60
 _SITE = re.compile(r"^[^\s,][^,]*$")
 
 
@@ -40,6 +46,10 @@ class Settings:
     lookback_minutes: int
     # Where `<site>/archive` writes Parquet: a local folder or an s3:// URI (DuckDB httpfs).
     archive_uri: str = DEFAULT_ARCHIVE_URI
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY
+    site_budget_seconds: float = DEFAULT_SITE_BUDGET_SECONDS
+    shard_size: int = DEFAULT_SHARD_SIZE
+    check_repeat_minutes: int = DEFAULT_CHECK_REPEAT_MINUTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, now: datetime | None = None) -> Settings:
@@ -53,6 +63,19 @@ class Settings:
             partitions_start=parse_partitions_start(env.get("VITALS_PARTITIONS_START"), now),
             lookback_minutes=parse_lookback(env.get("VITALS_LOOKBACK_MINUTES")),
             archive_uri=parse_archive_uri(env.get("VITALS_ARCHIVE_URI")),
+            fetch_concurrency=parse_int(
+                env, "VITALS_FETCH_CONCURRENCY", DEFAULT_FETCH_CONCURRENCY, low=1, high=256,
+                why="sites fetched at once and requests in flight to ACE",
+            ),
+            site_budget_seconds=parse_int(
+                env, "VITALS_SITE_BUDGET_SECONDS", DEFAULT_SITE_BUDGET_SECONDS, low=5, high=3600,
+                why="a site's time budget per hour of window, after which the site fails and is retried",
+            ),
+            shard_size=parse_int(
+                env, "VITALS_SHARD_SIZE", DEFAULT_SHARD_SIZE, low=1, high=10_000,
+                why="sites per scheduled run",
+            ),
+            check_repeat_minutes=parse_check_repeat(env.get("VITALS_CHECK_REPEAT_MINUTES")),
         )
 
 
@@ -149,5 +172,35 @@ def parse_lookback(value: str | None) -> int:
     if minutes < 0 or minutes % 5:
         raise ConfigError(
             f"VITALS_LOOKBACK_MINUTES={value!r} must be a non-negative multiple of 5 (partitions are 5 minutes)"
+        )
+    return minutes
+
+
+def parse_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int, why: str) -> int:
+    """A whole-number setting in [low, high]; the error says what the setting is for."""
+    value = env.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number ({why}; default {default})") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name}={value!r} must be between {low} and {high} ({why}; default {default})")
+    return number
+
+
+def parse_check_repeat(value: str | None) -> int:
+    """`VITALS_CHECK_REPEAT_MINUTES`: 0 (every run records every check) or a multiple of 5."""
+    if value is None or not value.strip():
+        return DEFAULT_CHECK_REPEAT_MINUTES
+    try:
+        minutes = int(value)
+    except ValueError:
+        raise ConfigError(f"VITALS_CHECK_REPEAT_MINUTES={value!r} is not a whole number") from None
+    if minutes < 0 or minutes % 5 or minutes > 24 * 60:
+        raise ConfigError(
+            f"VITALS_CHECK_REPEAT_MINUTES={value!r} must be 0 (record every check of every run) or "
+            "a multiple of 5 up to 1440 (an unchanged check result is recorded again that often)"
         )
     return minutes

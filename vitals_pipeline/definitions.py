@@ -1,7 +1,8 @@
 """Dagster definitions: `dagster ... -m vitals_pipeline.definitions` loads `defs`.
 
 Settings come from the environment (see config.py); the ACE key is not needed to load.
-Cross-cutting choices (executor, IO manager, resources) are made once, here.
+Cross-cutting choices (executor, IO manager, the DuckDB file, resources, freshness) are made once,
+here.
 """
 
 from __future__ import annotations
@@ -10,50 +11,59 @@ import dagster as dg
 
 from vitals_pipeline.assets.archive import build_archive_asset
 from vitals_pipeline.assets.hourly import build_automation_sensor, build_hourly_asset
+from vitals_pipeline.assets.keys import points_key
+from vitals_pipeline.assets.points import build_points_asset
 from vitals_pipeline.assets.quality_daily import build_quality_daily
-from vitals_pipeline.assets.site import build_site_assets, points_key
-from vitals_pipeline.assets.weather import build_weather_asset
+from vitals_pipeline.assets.timeseries import build_timeseries_asset
+from vitals_pipeline.assets.weather import build_weather_asset, weather_key
 from vitals_pipeline.automation import build_automation, with_timeseries_freshness
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.memory import skip_collection_at_exit
 from vitals_pipeline.resources import AceResource
-from vitals_pipeline.storage import VitalsDuckDBIOManager
+from vitals_pipeline.storage.io_manager import VitalsDuckDBIOManager
+from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     # Data-quality thresholds and the VITALS_CHECKS switch, read once (checks/thresholds.py).
     quality = QualityThresholds.from_env()
-    assets = [
-        asset for site in settings.sites for asset in build_site_assets(site, settings, quality)
+    # One multi_asset per kind for the whole fleet: a run covers any subset of the sites.
+    fleet = [
+        build_timeseries_asset(settings, quality),
+        build_points_asset(settings),
+        build_weather_asset(settings),
     ]
     # Freshness is policy, set once here for every site's timeseries asset.
-    assets = dg.map_asset_specs(with_timeseries_freshness, assets)
+    fleet = dg.map_asset_specs(with_timeseries_freshness, fleet)
     automation = build_automation(settings)
-    # Per site, derived from the stored samples (roll-up, archive) or read beside them (weather);
-    # declarative automation, evaluated by one sensor (see assets/hourly.py).
+    # Per site, derived from the stored samples (roll-up, archive); declarative automation,
+    # evaluated by one sensor (see assets/hourly.py).
     derived = [
         build(site, settings)
         for site in settings.sites
-        for build in (build_hourly_asset, build_archive_asset, build_weather_asset)
+        for build in (build_hourly_asset, build_archive_asset)
     ]
     # Per site, the daily quality roll-up and the sensor that automates it (assets/quality_daily.py).
     quality_daily, quality_sensors = build_quality_daily(settings, quality)
-    assets = [*assets, *derived, *quality_daily]
+    warehouse = DuckDBWarehouse(database=settings.duckdb_path)
     return dg.Definitions(
-        assets=assets,
+        assets=[*fleet, *derived, *quality_daily],
         jobs=automation.jobs,
         schedules=automation.schedules,
         sensors=[
             *automation.sensors,
             build_automation_sensor(
-                [a.key for a in derived] + [points_key(site) for site in settings.sites]
+                [a.key for a in derived]
+                + [points_key(site) for site in settings.sites]
+                + [weather_key(site) for site in settings.sites]
             ),
             *quality_sensors,
         ],
         resources={
             "ace": AceResource(api_url=settings.api_url, page_size=settings.page_size),
-            "io_manager": VitalsDuckDBIOManager(database=settings.duckdb_path),
+            "warehouse": warehouse,
+            "io_manager": VitalsDuckDBIOManager(warehouse=warehouse),
         },
         # One step per run in this process: a separate step process costs ~2.8 s per run.
         executor=dg.in_process_executor,

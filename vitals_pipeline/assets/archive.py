@@ -26,7 +26,8 @@ import duckdb
 from vitals_pipeline.assets.hourly import rollup_automation
 from vitals_pipeline.assets.keys import timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
-from vitals_pipeline.storage import connect_duckdb, qualified_name, schema_name
+from vitals_pipeline.storage import qualified_name, schema_name
+from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 from vitals_pipeline.storage.duckdb_io import naive_utc
 
 DAY = timedelta(days=1)
@@ -161,7 +162,6 @@ def build_archive_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
     slug = schema_name(site)
     timeseries = timeseries_key(site)
     key = dg.AssetKey([slug, "archive"])
-    database = settings.duckdb_path
     root = settings.archive_uri
 
     @dg.asset(
@@ -184,7 +184,7 @@ def build_archive_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
         metadata={"site": site, "schema": slug, "archive_uri": root},
         tags={"site": slug},
     )
-    def archive(context: dg.AssetExecutionContext, config: ArchiveConfig) -> dg.MaterializeResult:
+    def archive(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, config: ArchiveConfig) -> dg.MaterializeResult:
         """The UTC day's samples of the site as one zstd Parquet file:
         `<VITALS_ARCHIVE_URI>/site=<site>/date=<YYYY-MM-DD>/part-0.parquet` (Hive layout).
 
@@ -201,21 +201,19 @@ def build_archive_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
                 allow_retries=False,
             )
         target = archive_path(root, slug, start)
-        conn = connect_duckdb(database)
-        try:
-            export = export_day(
-                conn, slug, start, end, target, allow_fewer_rows=config.allow_fewer_rows
-            )
-        except LookupError:
-            raise dg.Failure(
-                description=f"site {site!r}: no {slug}.timeseries table in {database}: "
-                f"materialize {timeseries.to_user_string()} for {start:%Y-%m-%d} first",
-                allow_retries=False,
-            ) from None
-        except ShrinkingArchiveError as exc:
-            raise dg.Failure(description=str(exc), allow_retries=False) from None
-        finally:
-            conn.close()
+        with warehouse.connect() as conn:
+            try:
+                export = export_day(
+                    conn, slug, start, end, target, allow_fewer_rows=config.allow_fewer_rows
+                )
+            except LookupError:
+                raise dg.Failure(
+                    description=f"site {site!r}: no {slug}.timeseries table in {warehouse.database}: "
+                    f"materialize {timeseries.to_user_string()} for {start:%Y-%m-%d} first",
+                    allow_retries=False,
+                ) from None
+            except ShrinkingArchiveError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
         context.log.info(
             f"site {site}: {export.rows} samples of {start:%Y-%m-%d} -> {export.path}"
             + (f" ({export.bytes:,} bytes)" if export.bytes is not None else "")

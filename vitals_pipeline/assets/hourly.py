@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 
 from vitals_pipeline.assets.keys import points_key, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
-from vitals_pipeline.storage import connect_duckdb, qualified_name, schema_name
+from vitals_pipeline.storage import qualified_name, schema_name
+from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc
 
 HOUR = timedelta(hours=1)
@@ -190,7 +191,6 @@ def build_hourly_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
     slug = schema_name(site)
     timeseries = timeseries_key(site)
     points = points_key(site)
-    database = settings.duckdb_path
 
     @dg.asset(
         key=[slug, HOURLY_TABLE],
@@ -212,7 +212,7 @@ def build_hourly_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
         },
         tags={"site": slug},
     )
-    def timeseries_hourly(context: dg.AssetExecutionContext) -> pa.Table:
+    def timeseries_hourly(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse) -> pa.Table:
         """Per point and UTC hour: samples, count, avg, min, max, first, last, and for totalizers
         (kWh and other meter totals) the hour's consumption `delta` with meter resets handled.
 
@@ -221,20 +221,18 @@ def build_hourly_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
         """
         tw = context.partition_time_window
         start, end = tw.start.astimezone(UTC), tw.end.astimezone(UTC)
-        conn = connect_duckdb(database)
-        try:
-            rows, has_points = hourly_rollup(conn, slug, start, end)
-        except LookupError:
-            raise dg.Failure(
-                description=(
-                    f"site {site!r}: no {slug}.timeseries table in {database}: materialize "
-                    f"{timeseries.to_user_string()} for "
-                    f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC first"
-                ),
-                allow_retries=False,
-            ) from None
-        finally:
-            conn.close()
+        with warehouse.connect() as conn:
+            try:
+                rows, has_points = hourly_rollup(conn, slug, start, end)
+            except LookupError:
+                raise dg.Failure(
+                    description=(
+                        f"site {site!r}: no {slug}.timeseries table in {warehouse.database}: materialize "
+                        f"{timeseries.to_user_string()} for "
+                        f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC first"
+                    ),
+                    allow_retries=False,
+                ) from None
         if not has_points:
             context.log.warning(
                 f"site {site}: no {slug}.points table, so totalizers cannot be told apart and "

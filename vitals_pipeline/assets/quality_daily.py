@@ -37,7 +37,8 @@ from vitals_pipeline.checks.quality import QUALITY_TABLE, table_exists
 from vitals_pipeline.checks.rules import DOWN, FAULT, OK, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
-from vitals_pipeline.storage.duckdb_io import connect_duckdb, naive_utc
+from vitals_pipeline.storage.duckdb_io import naive_utc
+from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.storage.schema import schema_name
 
@@ -172,7 +173,6 @@ def build_quality_daily_asset(
     """`<site>/quality_daily` for one ACE site."""
     slug = schema_name(site)
     timeseries = timeseries_key(site)
-    database = settings.duckdb_path
 
     @dg.asset(
         key=[slug, DAILY_TABLE],
@@ -191,7 +191,7 @@ def build_quality_daily_asset(
         },
         tags={"site": slug},
     )
-    def quality_daily(context: dg.AssetExecutionContext) -> pa.Table:
+    def quality_daily(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse) -> pa.Table:
         """Per point and UTC day: completeness, counts of null / text / sentinel / out-of-range
         readings, partitions per status, and the day's status (ok / fault / down / unknown) with
         the reason. Rolled up from `<site>.quality`; materializes automatically once the day's
@@ -199,20 +199,18 @@ def build_quality_daily_asset(
         """
         tw = context.partition_time_window
         start, end = tw.start.astimezone(UTC), tw.end.astimezone(UTC)
-        conn = connect_duckdb(database)
-        try:
-            rows = daily_rollup(conn, slug, start, end, thresholds)
-        except LookupError:
-            raise dg.Failure(
-                description=(
-                    f"site {site!r}: no {slug}.{QUALITY_TABLE} table in {database}: materialize "
-                    f"{timeseries.to_user_string()} (with VITALS_CHECKS on) for "
-                    f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC first"
-                ),
-                allow_retries=False,
-            ) from None
-        finally:
-            conn.close()
+        with warehouse.connect() as conn:
+            try:
+                rows = daily_rollup(conn, slug, start, end, thresholds)
+            except LookupError:
+                raise dg.Failure(
+                    description=(
+                        f"site {site!r}: no {slug}.{QUALITY_TABLE} table in {warehouse.database}: materialize "
+                        f"{timeseries.to_user_string()} (with VITALS_CHECKS on) for "
+                        f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC first"
+                    ),
+                    allow_retries=False,
+                ) from None
         _add_day_metadata(context, rows)
         if rows.num_rows == 0:
             context.log.warning(

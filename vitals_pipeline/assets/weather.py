@@ -1,33 +1,31 @@
-"""`<site>/weather`: the site's current weather conditions, stored every 5-minute tick.
+"""`<site>/weather` for every site: current conditions, refreshed every 5 minutes.
 
 ACE serves only *current* conditions (`GET /sites/{site}/weather`:
-`{"weather": {"temp": {"name", "value", "time"}, "feels_like": ..., ...}}`), so:
+`{"weather": {"temp": {"name", "value", "time"}, "feels_like": ..., ...}}`), so the asset is not
+partitioned (a 5-minute partition of weather could never be filled for the past):
 
 - Rows are keyed by the reading's own time (`<site>.weather`: metric, ts, value, name; merge keys
-  (metric, ts)), not by the partition. ACE refreshes its reading every few minutes, so one reading
-  is often fetched by two ticks: it is stored once. The reading's time is usually not inside the
-  partition's window (a tick runs after its window closed), so the IO manager's window merge,
-  which refuses rows outside the run's window and would store a reading fetched twice by two
-  windows twice, does not fit. The asset merges with the same transactional `store_slice` over
-  the whole table instead, and returns a MaterializeResult.
-- Materializing an old partition (a backfill) stores today's conditions, under today's time: old
-  weather cannot be fetched from ACE. The partitions only record when the feed was read.
-- A site without a weather feed (ACE answers 404 with every member null) is skipped: the
-  materialization says `skipped: no weather feed`, nothing is written, the run succeeds.
+  (metric, ts)). ACE refreshes its reading every few minutes, so one reading is often fetched by
+  two ticks: the IO manager's merge over the table stores it once.
+- Declarative automation materializes it every 5 minutes (one run for all sites, fetched
+  concurrently); its history of readings is the table, not the partitions.
+- A site without a weather feed (ACE answers 404 with every member null) is skipped: its
+  materialization says `skipped: no weather feed` and stores nothing; the run succeeds.
 """
 
 import math
+from collections.abc import Iterator
 from datetime import UTC
 
 import dagster as dg
 import pyarrow as pa
 
-from vitals_pipeline.ace.client import FetchStats, PERMANENT_ERRORS
+from vitals_pipeline.ace.client import AceError, FetchStats
 from vitals_pipeline.ace.wire import parse_wire_time
-from vitals_pipeline.assets.site import STEP_RETRY, five_minute_partitions
+from vitals_pipeline.assets.fleet import SiteFailures, fetch_sites, output_name, selected_sites
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
-from vitals_pipeline.storage import connect_duckdb, schema_name, store_slice
+from vitals_pipeline.storage.names import schema_name
 
 WEATHER_TABLE = "weather"
 WEATHER_MERGE_KEYS = ("metric", "ts")
@@ -67,73 +65,65 @@ def weather_rows(doc: dict) -> pa.Table:
     return pa.table(rows, schema=WEATHER_SCHEMA)
 
 
-def build_weather_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
-    """`<site>/weather` for one ACE site."""
-    slug = schema_name(site)
-    database = settings.duckdb_path
-    condition = dg.AutomationCondition
+WEATHER_AUTOMATION = dg.AutomationCondition.on_cron("*/5 * * * *").with_label("every 5 minutes")
 
-    @dg.asset(
-        key=[slug, WEATHER_TABLE],
-        group_name=slug,
-        partitions_def=five_minute_partitions(settings),
-        # A range run reads the current conditions once, whatever the range.
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        retry_policy=STEP_RETRY,
-        # Each new 5-minute partition, once, as it appears.
-        automation_condition=(
-            condition.in_latest_time_window()
-            & condition.newly_missing().since_last_handled()
-            & ~condition.in_progress()
-        ).with_label("every 5-minute tick"),
-        pool="duckdb",
-        kinds={"duckdb"},
-        metadata={"site": site, "schema": slug, "merge_keys": list(WEATHER_MERGE_KEYS)},
-        tags={"site": slug},
-    )
-    def weather(context: dg.AssetExecutionContext, ace: AceResource) -> dg.MaterializeResult:
-        """The site's current weather (temp, feels_like, pressure, humidity, dew_point, clouds,
-        wind_speed, wind_deg, wet_bulb), one row per metric keyed by the reading's own time.
 
-        ACE has current conditions only: materializing an old partition stores today's reading.
-        A site without a weather feed is skipped (`skipped: no weather feed`), not failed.
-        """
-        stats = FetchStats()
-        try:
+def build_weather_asset(settings: Settings) -> dg.AssetsDefinition:
+    """`<site>/weather` of every site, one multi_asset."""
+    sites = list(settings.sites)
+    outs = {
+        output_name(site, WEATHER_TABLE): dg.AssetOut(
+            key=weather_key(site),
+            group_name=schema_name(site),
+            is_required=False,
+            kinds={"duckdb"},
+            tags={"site": schema_name(site)},
+            metadata={"site": site, "schema": schema_name(site), "merge_keys": list(WEATHER_MERGE_KEYS)},
+            automation_condition=WEATHER_AUTOMATION,
+            description=(
+                f"Current weather of site {site!r} (temp, feels_like, pressure, humidity, dew_point, "
+                "clouds, wind_speed, wind_deg, wet_bulb), one row per metric keyed by the reading's "
+                f"own time, table {schema_name(site)}.weather."
+            ),
+        )
+        for site in sites
+    }
+
+    @dg.multi_asset(name="weather", outs=outs, can_subset=True, pool="duckdb")
+    def weather(context: dg.AssetExecutionContext, ace: AceResource) -> Iterator[dg.Output]:
+        """The selected sites' current weather, fetched concurrently; sites without a feed are
+        skipped, sites ACE refuses fail alone."""
+        chosen = selected_sites(context, settings.sites, weather_key)
+        failures = SiteFailures("weather")
+
+        def fetch(site: str, deadline: float) -> dict | None:
             with ace.client() as client:
-                doc = client.weather(site, stats)
-        except PERMANENT_ERRORS as exc:
-            raise dg.Failure(description=f"site {site!r}: {exc}", allow_retries=False) from None
-        if doc is None:
-            context.log.info(f"site {site}: ACE has no weather feed for it; nothing stored")
-            return dg.MaterializeResult(metadata={"skipped": NO_FEED})
-        rows = weather_rows(doc)
-        if rows.num_rows == 0:
-            context.log.warning(f"site {site}: the weather response carried no timed reading")
-            return dg.MaterializeResult(metadata={"skipped": "no timed reading in the response"})
-        conn = connect_duckdb(database)
-        try:
-            counts = store_slice(
-                conn, schema=slug, table=WEATHER_TABLE, rows=rows, merge_keys=WEATHER_MERGE_KEYS
-            )[WEATHER_TABLE]
-        finally:
-            conn.close()
-        times = rows.column("ts").to_pylist()
-        context.log.info(
-            f"site {site}: {rows.num_rows} weather readings of {max(times):%Y-%m-%d %H:%M:%S} UTC: "
-            f"{counts.inserted} new, {counts.updated} changed, {counts.unchanged} already stored"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "readings": rows.num_rows,
-                "reading_time": max(times).isoformat(),
-                "store_rows_inserted": counts.inserted,
-                "store_rows_updated": counts.updated,
-                "store_rows_unchanged": counts.unchanged,
-                "run_partitions": len(context.partition_keys),
-                "api_requests": stats.requests,
-            }
-        )
+                return client.weather(site, FetchStats())
+
+        def describe(site: str, exc: BaseException) -> str:
+            if isinstance(exc, AceError | TimeoutError):
+                return f"site {site!r}: {exc}"
+            return f"site {site!r}: {type(exc).__name__}: {exc}"
+
+        for outcome in fetch_sites(
+            chosen, fetch, concurrency=settings.fetch_concurrency,
+            budget_seconds=settings.site_budget_seconds, describe_error=describe,
+        ):
+            if outcome.error is not None:
+                failures.add(outcome.site, outcome.error)
+                continue
+            rows = weather_rows(outcome.value) if outcome.value is not None else weather_rows({})
+            if outcome.value is None:
+                metadata = {"skipped": NO_FEED}
+            elif rows.num_rows == 0:
+                metadata = {"skipped": "no timed reading in the response"}
+            else:
+                metadata = {
+                    "readings": rows.num_rows,
+                    "reading_time": max(rows.column("ts").to_pylist()).isoformat(),
+                }
+            yield dg.Output(rows, output_name=output_name(outcome.site, WEATHER_TABLE), metadata=metadata)
+        failures.raise_if_any(len(chosen))
 
     return weather
 

@@ -1,27 +1,26 @@
-"""One job per site for its timeseries asset: what the schedule and the catch-up sensor launch."""
+"""The fleet job: what the schedule and the catch-up sensor launch."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import dagster as dg
 
 from vitals_pipeline.assets.keys import timeseries_key
-from vitals_pipeline.automation.runs import SITE_TAG
-from vitals_pipeline.storage.names import schema_name
+
+FLEET_JOB = "fleet_timeseries"
 
 
-def timeseries_job_name(site: str) -> str:
-    return f"{schema_name(site)}_timeseries"
-
-
-def build_timeseries_job(site: str) -> dg.UnresolvedAssetJobDefinition:
-    """`<site>_timeseries`: the site's timeseries asset (and its checks), one range per run.
-
-    The `vitals/site` run tag lets the catch-up sensor, the failure alert and `vitals status`
-    find the site's runs without reading their plans.
-    """
+def build_fleet_job(sites: Iterable[str]) -> dg.UnresolvedAssetJobDefinition:
+    """`fleet_timeseries`: every site's timeseries, one range per run; each RunRequest narrows it to
+    its sites. Without the checks in the selection: the run records check results itself, only
+    those that changed (see checks/recording.py), so that a tick does not plan 8 check executions
+    per site it will mostly not record."""
     return dg.define_asset_job(
-        name=timeseries_job_name(site),
-        selection=dg.AssetSelection.assets(timeseries_key(site)),
-        tags={SITE_TAG: schema_name(site)},
-        description=f"Fetch the ACE timeseries of site {site!r} for a partition range, in one run.",
+        name=FLEET_JOB,
+        selection=dg.AssetSelection.assets(*(timeseries_key(site) for site in sites)).without_checks(),
+        description=(
+            "Fetch the ACE timeseries of many sites for a partition range, in one run (the "
+            "schedule's ticks and the catch-up sensor's batches)."
+        ),
     )

@@ -1,56 +1,74 @@
-"""The per-site schedule: every 5 minutes, one run over the newest closed partition + lookback."""
+"""The fleet schedule: every 5 minutes, one run per shard of sites over the newest closed partition
+and the lookback before it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from vitals_pipeline.assets.keys import range_tags, window_keys
-from vitals_pipeline.automation.gaps import schedule_run_key, scheduled_window
-from vitals_pipeline.automation.runs import SITE_TAG, TRIGGER_TAG
+from vitals_pipeline.assets.keys import range_tags, timeseries_key, window_keys
+from vitals_pipeline.automation.gaps import scheduled_window, shards
+from vitals_pipeline.automation.pause import paused_sites
+from vitals_pipeline.automation.runs import SHARD_TAG, TRIGGER_TAG
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.names import schema_name
 
-
-def schedule_name(site: str) -> str:
-    return f"{schema_name(site)}_timeseries_schedule"
+SCHEDULE_NAME = "fleet_timeseries_schedule"
 
 
-def build_site_schedule(
-    site: str,
-    settings: Settings,
-    automation: AutomationSettings,
-    job: dg.UnresolvedAssetJobDefinition,
+def plan_tick(
+    tick: datetime, sites: Sequence[str], paused: set[str], settings: Settings
+) -> list[dg.RunRequest] | dg.SkipReason:
+    """The runs of one tick: the window of the newest closed partition + lookback, the active
+    sites cut into shards of VITALS_SHARD_SIZE, one RunRequest each."""
+    window = scheduled_window(tick, timedelta(minutes=settings.lookback_minutes), settings.partitions_start)
+    if window is None:
+        return dg.SkipReason(
+            f"no partition has closed yet: the first starts at "
+            f"{settings.partitions_start:%Y-%m-%d %H:%M} UTC (VITALS_PARTITIONS_START)"
+        )
+    active = [site for site in sites if schema_name(site) not in paused]
+    if not active:
+        return dg.SkipReason(f"every site is paused ({len(sites)}); `vitals resume SITE` resumes one")
+    first, last = window_keys(window)
+    groups = shards(active, settings.shard_size)
+    return [
+        dg.RunRequest(
+            run_key=f"schedule:{first}...{last}:{i + 1}/{len(groups)}",
+            asset_selection=[timeseries_key(site) for site in group],
+            tags={
+                **range_tags(first, last),
+                TRIGGER_TAG: "schedule",
+                SHARD_TAG: f"{i + 1}/{len(groups)}",
+            },
+        )
+        for i, group in enumerate(groups)
+    ]
+
+
+def build_fleet_schedule(
+    settings: Settings, automation: AutomationSettings, job: dg.UnresolvedAssetJobDefinition
 ) -> dg.ScheduleDefinition:
-    slug = schema_name(site)
-    lookback = timedelta(minutes=settings.lookback_minutes)
+    sites = list(settings.sites)
 
     @dg.schedule(
-        name=schedule_name(site),
+        name=SCHEDULE_NAME,
         cron_schedule=automation.schedule_cron,
         execution_timezone="UTC",
         job=job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=(
-            f"Site {site!r}: one run over the newest closed 5-minute partition and the "
-            f"{settings.lookback_minutes} minutes before it (late samples land on the next tick). "
-            "Ticks a minute after each 5-minute boundary, UTC."
+            f"Every site ({len(sites)}): one run per {settings.shard_size} sites over the newest "
+            f"closed 5-minute partition and the {settings.lookback_minutes} minutes before it (late "
+            "samples land on the next ticks). Ticks a minute after each 5-minute boundary, UTC. "
+            "Paused sites are left out."
         ),
     )
-    def timeseries_schedule(context: dg.ScheduleEvaluationContext):
+    def fleet_timeseries_schedule(context: dg.ScheduleEvaluationContext):
         tick = context.scheduled_execution_time or datetime.now(UTC)
-        window = scheduled_window(tick, lookback, settings.partitions_start)
-        if window is None:
-            return dg.SkipReason(
-                f"no partition has closed yet: the first starts at "
-                f"{settings.partitions_start:%Y-%m-%d %H:%M} UTC (VITALS_PARTITIONS_START)"
-            )
-        first, last = window_keys(window)
-        return dg.RunRequest(
-            run_key=schedule_run_key(slug, first, last),
-            tags={**range_tags(first, last), SITE_TAG: slug, TRIGGER_TAG: "schedule"},
-        )
+        return plan_tick(tick, sites, paused_sites(context.instance), settings)
 
-    return timeseries_schedule
+    return fleet_timeseries_schedule

@@ -1,50 +1,58 @@
-"""The per-site catch-up sensor: partitions of the last VITALS_CATCHUP_HOURS that are missing or
-whose latest run failed get one range run per contiguous gap.
+"""The fleet catch-up sensor: partitions of the last VITALS_CATCHUP_HOURS that are missing or whose
+latest run failed get range runs, batched across sites, newest first.
 
-One sensor per site, not one for all: a site whose API is failing backs off without holding the
-others up, an operator can pause one site (a building offline for works) from the UI, and each
-tick stays a handful of queries for one asset.
+One sensor for the fleet. A tick reads each active site's partition status (the incrementally
+kept status Dagster maintains for the UI, `get_status_by_partition`) for the window's keys only,
+which it formats itself: it never lists the partitions definition (over 100,000 keys a year).
+Sites missing the same stretch share a run (`gaps.batch_gaps`): after a daemon or API outage that
+hit every site, a handful of runs fills the hole, not one per site.
 
-A tick reads the partition status Dagster keeps incrementally for the UI (`get_status_by_partition`)
-for the window's keys only, which it formats itself (`Window.partition_keys`): it never lists the
-partitions definition, which may hold over 100,000 keys.
+A stretch whose latest run failed is retried at once when the site has materialized anything since
+(the API is back for it), otherwise RETRY_AFTER_FAILURE after that failure: a broken site costs
+one retry a quarter hour, not one a tick. While a catch-up run is queued or running, nothing new is
+launched (a new batch would only queue behind it). Paused sites are left alone.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from dagster import DagsterEventType
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
-from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
 from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.automation.gaps import (
     MAX_RUN_PARTITIONS,
+    Batch,
     Gap,
-    catchup_run_key,
+    batch_gaps,
     catchup_window,
     find_gaps,
     marker_for,
-    newest_first,
 )
-from vitals_pipeline.automation.runs import SITE_TAG, TRIGGER_TAG
+from vitals_pipeline.automation.pause import paused_sites
+from vitals_pipeline.automation.runs import TRIGGER_TAG
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.windows import Window
 
-# A gap whose latest run failed is retried at once when the site has materialized anything since
-# that run was planned (the API is back); otherwise after this long, so that a failure a retry
-# cannot fix (a revoked key) costs one run per site every quarter hour, not one per tick.
+CATCHUP_SENSOR_NAME = "fleet_catchup"
 RETRY_AFTER_FAILURE = timedelta(minutes=15)
-# The runs one tick may launch (a site with partitions failing on and off has many small gaps).
-MAX_RUNS_PER_TICK = 12
+# Runs one tick may launch (sites with partitions failing on and off have many small stretches).
+MAX_RUNS_PER_TICK = 8
 
-_NEEDS_RUN = (None, AssetPartitionStatus.FAILED)
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+_NEEDS_RUN = (None, dg.AssetPartitionStatus.FAILED)
 
 
 def _utcnow() -> datetime:
@@ -52,90 +60,111 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def catchup_sensor_name(site: str) -> str:
-    return f"{schema_name(site)}_catchup"
-
-
 @dataclass
 class CatchupPlan:
-    """What one catch-up tick decided for one site."""
+    """What one catch-up tick decided for the fleet."""
 
     window: Window | None
-    gaps: list[Gap] = field(default_factory=list)
+    gaps: dict[str, list[Gap]] = field(default_factory=dict)  # site -> its gaps to run now
+    batches: list[Batch] = field(default_factory=list)
     requests: list[dg.RunRequest] = field(default_factory=list)
-    held: list[str] = field(default_factory=list)  # why some gaps wait
+    held: list[str] = field(default_factory=list)  # why some stretches wait
     skip_reason: str | None = None
 
     def sensor_result(self) -> dg.SensorResult | dg.SkipReason:
         if not self.requests:
-            return dg.SkipReason(self.skip_reason or "; ".join(self.held) or "nothing to catch up")
+            return dg.SkipReason(self.skip_reason or "; ".join(self.held[:5]) or "nothing to catch up")
         return dg.SensorResult(run_requests=self.requests)
 
 
 def plan_catchup(
     instance: dg.DagsterInstance,
-    site: str,
+    sites: Sequence[str],
     partitions_def: dg.PartitionsDefinition,
     *,
     now: datetime,
     hours: int,
     partitions_start: datetime,
+    shard_size: int,
     retry_after: timedelta = RETRY_AFTER_FAILURE,
     max_partitions: int = MAX_RUN_PARTITIONS,
     max_runs: int = MAX_RUNS_PER_TICK,
 ) -> CatchupPlan:
-    """The catch-up runs for `site` at `now`. Reads the instance; launches nothing."""
-    slug = schema_name(site)
-    asset_key = timeseries_key(site)
+    """The catch-up runs for the fleet at `now`. Reads the instance; launches nothing."""
     window = catchup_window(now, hours, partitions_start)
     if window is None:
         return CatchupPlan(None, skip_reason="no closed partition older than the newest yet")
-
-    # One batch at a time: while the API is down a new batch would only queue behind the last.
     active = instance.get_run_ids(
-        dg.RunsFilter(tags={SITE_TAG: slug, TRIGGER_TAG: "catchup"}, statuses=list(NOT_FINISHED_STATUSES)),
-        limit=1,
+        dg.RunsFilter(tags={TRIGGER_TAG: "catchup"}, statuses=UNFINISHED), limit=1
     )
     if active:
         return CatchupPlan(window, skip_reason=f"catch-up run {active[0]} is still queued or running")
 
+    paused = paused_sites(instance)
+    sites = [site for site in sites if schema_name(site) not in paused]
     keys = window.partition_keys()
-    status = instance.get_status_by_partition(asset_key, keys, partitions_def) or {}
-    gaps = find_gaps(keys, lambda key: status.get(key) in _NEEDS_RUN, max_partitions)
-    plan = CatchupPlan(window, gaps=gaps)
-    if not gaps:
-        plan.skip_reason = f"no missing or failed partition in {window}"
+    plan = CatchupPlan(window)
+    found: dict[str, tuple[list[Gap], dict]] = {}
+    for site in sites:
+        status = instance.get_status_by_partition(timeseries_key(site), keys, partitions_def) or {}
+        gaps = find_gaps(keys, lambda key, s=status: s.get(key) in _NEEDS_RUN, max_partitions)
+        if gaps:
+            found[site] = (gaps, status)
+    if not found:
+        plan.skip_reason = f"no missing or failed partition in {window} ({len(sites)} sites)"
         return plan
 
-    planned = instance.get_latest_storage_id_by_partition(
-        asset_key,
-        DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
-        {key for gap in gaps for key in gap.keys},
-    )
-    [record] = instance.get_asset_records([asset_key]) or [None]
-    last_materialized = (record.asset_entry.last_materialization_storage_id or 0) if record else 0
+    records = {
+        record.asset_entry.asset_key: record
+        for record in instance.get_asset_records([timeseries_key(site) for site in found])
+    }
+    markers: dict[tuple[str, str, str], int] = {}
+    for site, (gaps, status) in found.items():
+        key = timeseries_key(site)
+        record = records.get(key)
+        last_materialized = (record.asset_entry.last_materialization_storage_id or 0) if record else 0
+        planned = instance.get_latest_storage_id_by_partition(
+            key, dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, {k for gap in gaps for k in gap.keys}
+        )
+        due = []
+        for gap in gaps:
+            marker = marker_for(gap, planned)
+            failed = any(status.get(k) == dg.AssetPartitionStatus.FAILED for k in gap.keys)
+            if failed and marker > last_materialized:
+                age = _seconds_since_attempt_ended(instance, key, marker)
+                if age is not None and age < retry_after.total_seconds():
+                    plan.held.append(
+                        f"{schema_name(site)} {gap.first}...{gap.last} failed {age / 60:.0f} min ago "
+                        f"and nothing has materialized since: retried "
+                        f"{retry_after.total_seconds() / 60:.0f} min after the failure"
+                    )
+                    continue
+            due.append(gap)
+            markers[(site, gap.first, gap.last)] = marker
+        if due:
+            plan.gaps[site] = due
 
-    for gap in newest_first(gaps):
-        marker = marker_for(gap, planned)
-        failed = any(status.get(key) == AssetPartitionStatus.FAILED for key in gap.keys)
-        if failed and marker > last_materialized:
-            age = _seconds_since_attempt_ended(instance, asset_key, marker)
-            if age is not None and age < retry_after.total_seconds():
-                plan.held.append(
-                    f"{gap.first}...{gap.last} failed {age / 60:.0f} min ago and nothing has "
-                    f"materialized since: retrying {retry_after.total_seconds() / 60:.0f} min "
-                    "after the failure"
-                )
-                continue
+    for batch in batch_gaps(plan.gaps, shard_size):
         if len(plan.requests) >= max_runs:
-            plan.held.append(f"{gap.first}...{gap.last} waits for the next tick ({max_runs} runs per tick)")
+            plan.held.append(
+                f"{batch.first}...{batch.last} of {len(batch.sites)} sites waits for the next "
+                f"tick ({max_runs} runs per tick)"
+            )
             continue
+        plan.batches.append(batch)
+        marker = max(markers[(site, batch.first, batch.last)] for site in batch.sites)
+        sites_id = zlib.crc32(",".join(sorted(batch.sites)).encode())
         plan.requests.append(
             dg.RunRequest(
-                run_key=catchup_run_key(slug, gap, marker),
-                tags={**range_tags(gap.first, gap.last), SITE_TAG: slug, TRIGGER_TAG: "catchup"},
+                # Sensor run_keys dedupe forever: the marker (newest planned event of these
+                # partitions) changes after every attempt, so a failed stretch can run again.
+                run_key=f"catchup:{batch.first}...{batch.last}:{len(batch.sites)}:{sites_id:08x}:{marker}",
+                asset_selection=[timeseries_key(site) for site in batch.sites],
+                tags={**range_tags(batch.first, batch.last), TRIGGER_TAG: "catchup"},
             )
         )
+    if not plan.requests and not plan.skip_reason:
+        plan.skip_reason = "; ".join(plan.held[:5])
     return plan
 
 
@@ -160,35 +189,38 @@ def _seconds_since_attempt_ended(
 
 
 def build_catchup_sensor(
-    site: str,
     settings: Settings,
     automation: AutomationSettings,
     job: dg.UnresolvedAssetJobDefinition,
     partitions_def: dg.PartitionsDefinition,
 ) -> dg.SensorDefinition:
+    sites = list(settings.sites)
+
     @dg.sensor(
-        name=catchup_sensor_name(site),
+        name=CATCHUP_SENSOR_NAME,
         job=job,
         minimum_interval_seconds=automation.catchup_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Site {site!r}: launches one range run per contiguous gap of missing or failed "
-            f"partitions in the last {automation.catchup_hours} h (at most {MAX_RUN_PARTITIONS} "
-            "partitions per run), so an outage of the daemon or of the API heals by itself. "
-            "Older gaps are a backfill."
+            f"Every site ({len(sites)}): missing or failed partitions of the last "
+            f"{automation.catchup_hours} h get range runs, sites missing the same stretch in one "
+            f"run (at most {settings.shard_size} sites and {MAX_RUN_PARTITIONS} partitions a run, "
+            f"{MAX_RUNS_PER_TICK} runs a tick, newest first), so an outage of the daemon or of the "
+            "API heals by itself. Paused sites are left alone; older gaps are a backfill."
         ),
     )
-    def catchup(context: dg.SensorEvaluationContext):
+    def fleet_catchup(context: dg.SensorEvaluationContext):
         plan = plan_catchup(
             context.instance,
-            site,
+            sites,
             partitions_def,
             now=_utcnow(),
             hours=automation.catchup_hours,
             partitions_start=settings.partitions_start,
+            shard_size=settings.shard_size,
         )
-        for reason in plan.held:
-            context.log.info(f"site {site}: {reason}")
+        for reason in plan.held[:20]:
+            context.log.info(reason)
         return plan.sensor_result()
 
-    return catchup
+    return fleet_catchup

@@ -37,14 +37,13 @@ from vitals_pipeline.checks.quality import (
 from vitals_pipeline.checks.catalog import CHECK_NAMES, CHECKS, CheckInfo  # noqa: F401 - re-exported
 from vitals_pipeline.checks.rules import completeness_verdict, point_rules
 from vitals_pipeline.checks.thresholds import QualityThresholds
-from vitals_pipeline.storage.duckdb_io import CompanionTable, connect_duckdb
+from vitals_pipeline.storage.duckdb_io import CompanionTable
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.windows import Window
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
-
-
-
+# The checks that verify the store itself: one failing means the site's window is not stored right.
+BLOCKING_CHECKS = frozenset(c.name for c in CHECKS if c.blocking)
 
 
 def utc_now() -> datetime:
@@ -100,6 +99,10 @@ class RunQuality:
     assessment: QualityAssessment
     partition_figures: dict[str, dict] = field(default_factory=dict)
 
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        return dg.AssetKey([self.schema, "timeseries"])
+
     def companions(self) -> dict[str, CompanionTable]:
         """The quality rows, as the IO manager stores them with the samples (one transaction)."""
         return {
@@ -111,22 +114,18 @@ class RunQuality:
         }
 
     def check_results(
-        self, database: str, samples: pa.Table, source: SourceFigures
+        self, conn: duckdb.DuckDBPyConnection, samples: pa.Table, source: SourceFigures
     ) -> list[dg.AssetCheckResult]:
-        """Verify the stored window (after the store), then one result per check."""
+        """Verify the stored window (after the store, on `conn`), then one result per check."""
         now = utc_now()
         future_after = now + timedelta(minutes=self.thresholds.future_tolerance_minutes)
         try:
-            conn = connect_duckdb(database)
-            try:
-                stored = verify_stored(
-                    conn, schema=self.schema, samples=samples, window=self.window,
-                    future_after=future_after,
-                    expected_rows=samples.num_rows + self.assessment.kept_keys,
-                )
-            finally:
-                conn.close()
-        except Exception as exc:  # noqa: BLE001 - reported as failed checks, see below
+            stored = verify_stored(
+                conn, schema=self.schema, samples=samples, window=self.window,
+                future_after=future_after,
+                expected_rows=samples.num_rows + self.assessment.kept_keys,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported as failed checks, see build_results
             stored = exc
         return build_results(self, stored, source, now)
 
@@ -143,16 +142,13 @@ class QualityInputs:
 
 
 def read_quality_inputs(
-    database: str, schema: str, samples: pa.Table, window: Window, thresholds: QualityThresholds
+    conn: duckdb.DuckDBPyConnection, schema: str, samples: pa.Table, window: Window,
+    thresholds: QualityThresholds,
 ) -> QualityInputs:
     """The points' rules and the bounded stored history (the only DuckDB reads of `assess`)."""
-    conn = connect_duckdb(database)
-    try:
-        rules = point_rules(load_points(conn, schema), thresholds)
-        span = history_span(rules, thresholds)
-        kept, history, kept_keys = stored_rows(conn, schema, samples, window, span)
-    finally:
-        conn.close()
+    rules = point_rules(load_points(conn, schema), thresholds)
+    span = history_span(rules, thresholds)
+    kept, history, kept_keys = stored_rows(conn, schema, samples, window, span)
     return QualityInputs(rules=rules, span=span, kept=kept, history=history, kept_keys=kept_keys)
 
 
@@ -280,16 +276,20 @@ def md_table(headers: list[str], rows: list[tuple]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def points_not_loaded(schema: str) -> str:
+    return (
+        f"points not loaded: materialize {schema}/points (units, collect intervals and devices "
+        f"come from it; until then expectations are unknown and this check cannot pass)"
+    )
+
+
 def _needs_points(name: str, rq: RunQuality) -> dg.AssetCheckResult | None:
     if rq.assessment.points_known:
         return None
-    message = (
-        f"skipped: table {rq.schema}.points is missing or empty; materialize "
-        f"{rq.schema}/points first (units, intervals and devices come from it)"
-    )
+    message = points_not_loaded(rq.schema)
     return dg.AssetCheckResult(
-        check_name=name, passed=True, severity=WARN, description=message,
-        metadata={"skipped": message},
+        asset_key=rq.asset_key, check_name=name, passed=False, severity=WARN,
+        description=message, metadata={**_window_meta(rq), "points_loaded": False},
     )
 
 
@@ -329,7 +329,7 @@ def build_results(
 def _not_evaluated(info: CheckInfo, rq: RunQuality, exc: Exception) -> dg.AssetCheckResult:
     message = f"could not be evaluated for {rq.window}: {type(exc).__name__}: {exc}"[:2000]
     return dg.AssetCheckResult(
-        check_name=info.name, passed=False, severity=ERROR if info.blocking else WARN,
+        asset_key=rq.asset_key, check_name=info.name, passed=False, severity=ERROR if info.blocking else WARN,
         description=message, metadata={**_window_meta(rq), "error": message},
     )
 
@@ -365,7 +365,7 @@ def _duplicates(rq: RunQuality, stored: StoredFigures, source: SourceFigures) ->
         f"IO manager. Delete the extra copies (keep one per key) and re-run the window."
     )
     return dg.AssetCheckResult(
-        check_name="no_duplicate_samples", passed=passed, severity=ERROR, metadata=meta,
+        asset_key=rq.asset_key, check_name="no_duplicate_samples", passed=passed, severity=ERROR, metadata=meta,
         description=description,
     )
 
@@ -392,7 +392,7 @@ def _future(rq: RunQuality, stored: StoredFigures, source: SourceFigures, now: d
         f"those rows."
     )
     return dg.AssetCheckResult(
-        check_name="no_future_samples", passed=passed, severity=ERROR, metadata=meta,
+        asset_key=rq.asset_key, check_name="no_future_samples", passed=passed, severity=ERROR, metadata=meta,
         description=description,
     )
 
@@ -415,7 +415,7 @@ def _inside_window(rq: RunQuality, stored: StoredFigures, source: SourceFigures)
         f"and re-run the window."
     )
     return dg.AssetCheckResult(
-        check_name="samples_inside_window", passed=passed, severity=ERROR, metadata=meta,
+        asset_key=rq.asset_key, check_name="samples_inside_window", passed=passed, severity=ERROR, metadata=meta,
         description=description,
     )
 
@@ -464,7 +464,7 @@ def _completeness(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
         if worst:
             description += f" (worst: {worst[0]['point']} at {worst[0]['pct']:.1f} %)"
     return dg.AssetCheckResult(
-        check_name="completeness", passed=verdict is None,
+        asset_key=rq.asset_key, check_name="completeness", passed=verdict is None,
         severity=ERROR if verdict == "ERROR" else WARN, metadata=meta, description=description,
     )
 
@@ -501,7 +501,7 @@ def _physical_range(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
     else:
         description = f"all readings of {checked} unit-known points inside their physical range"
     return dg.AssetCheckResult(
-        check_name="values_in_physical_range", passed=not offenders, severity=WARN,
+        asset_key=rq.asset_key, check_name="values_in_physical_range", passed=not offenders, severity=WARN,
         metadata=meta, description=description,
     )
 
@@ -541,7 +541,7 @@ def _flatlined(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
     else:
         description = f"none of {checked} sensors flat for {t.flatline_minutes} min"
     return dg.AssetCheckResult(
-        check_name="no_flatlined_sensors", passed=not flat, severity=WARN, metadata=meta,
+        asset_key=rq.asset_key, check_name="no_flatlined_sensors", passed=not flat, severity=WARN, metadata=meta,
         description=description,
     )
 
@@ -581,7 +581,7 @@ def _stale_devices(rq: RunQuality, devices: list[dict]) -> dg.AssetCheckResult:
     else:
         description = f"all {len(devices)} devices reporting and changing"
     return dg.AssetCheckResult(
-        check_name="no_stale_devices", passed=not stale, severity=WARN, metadata=meta,
+        asset_key=rq.asset_key, check_name="no_stale_devices", passed=not stale, severity=WARN, metadata=meta,
         description=description,
     )
 
@@ -632,6 +632,6 @@ def _numeric(rq: RunQuality, points: list[dict]) -> dg.AssetCheckResult:
             f"configuration (a status or text object collected as a number?) and the device"
         )
     return dg.AssetCheckResult(
-        check_name="numeric_values", passed=passed, severity=WARN, metadata=meta,
+        asset_key=rq.asset_key, check_name="numeric_values", passed=passed, severity=WARN, metadata=meta,
         description=description,
     )

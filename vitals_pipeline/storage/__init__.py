@@ -1,5 +1,6 @@
-"""Storage: the DuckDB IO manager (a transactional merge per run's window), the table shapes, and
-Dagster's event log storage for the shipped dagster.yaml (event_log.py).
+"""Storage: the DuckDB file (`DuckDBWarehouse`, warehouse.py), the IO manager (a transactional
+merge per run's window, io_manager.py and duckdb_io.py), the table shapes, and Dagster's event log
+storage for the shipped dagster.yaml (event_log.py).
 
 Names are imported on first use: every process that opens the Dagster instance imports
 `vitals_pipeline.storage.event_log`, and the daemon, the webserver and `vitals status` need none
@@ -15,9 +16,8 @@ _SOURCES = {
     "CompanionTable": "duckdb_io",
     "DuckDBFileLockedError": "duckdb_io",
     "StoreCounts": "duckdb_io",
-    "VitalsArrowTypeHandler": "duckdb_io",
-    "VitalsDuckDBClient": "duckdb_io",
-    "VitalsDuckDBIOManager": "duckdb_io",
+    "DuckDBWarehouse": "warehouse",
+    "VitalsDuckDBIOManager": "io_manager",
     "Window": "duckdb_io",
     "WindowBundle": "duckdb_io",
     "as_arrow": "duckdb_io",

@@ -1,8 +1,8 @@
-"""The IO manager that stores asset outputs in DuckDB: one transactional merge per run's window.
+"""Storing frames in DuckDB: one transactional merge per window (what the IO manager calls).
 
-Built on dagster-duckdb's `DuckDBIOManager`, with its own type handler and client because the
-stock ones delete the slice and re-insert it positionally in separate autocommits (see
-dagster-notes.md, "The stock DuckDB IO manager"). Here, per stored slice, in ONE transaction:
+The stock dagster-duckdb IO manager deletes the slice and re-inserts it positionally in separate
+autocommits (docs/dagster-notes.md, "The stock DuckDB IO manager"). Here, per stored slice, in ONE
+transaction:
 
   create schema/table if missing (types from the Arrow schema) -> add new columns ->
   update rows whose key exists with a different value -> insert rows whose key is new.
@@ -21,20 +21,14 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster._core.definitions.partitions.utils import TimeWindow
-from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
-from dagster_duckdb import DuckDBIOManager
-from pydantic import Field
 
 from vitals_pipeline.storage.schema import column_definitions, duckdb_type, qualified_name
 
@@ -165,10 +159,6 @@ def _current_catalog(conn: duckdb.DuckDBPyConnection) -> str:
 def naive_utc(moment: datetime) -> datetime:
     """A naive UTC datetime; a naive input is taken to be UTC already."""
     return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def window_from_time_window(time_window: TimeWindow) -> Window:
-    return naive_utc(time_window.start), naive_utc(time_window.end)
 
 
 def _pandas():
@@ -594,183 +584,3 @@ def load_slice(
             f"no table {target} in this DuckDB file: materialize the asset that writes it first "
             f"({exc})"
         ) from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# Dagster wiring
-
-
-def _metadata_value(metadata: Mapping[str, Any], name: str) -> Any:
-    value = metadata.get(name)
-    return getattr(value, "value", value)  # a MetadataValue wrapper, if Dagster made one
-
-
-def _slice_window(table_slice: TableSlice) -> tuple[str | None, Window | None]:
-    """(time column, window) of a table slice; (None, None) for an unpartitioned asset."""
-    dimensions = table_slice.partition_dimensions or []
-    if not dimensions:
-        return None, None
-    if len(dimensions) != 1 or not isinstance(dimensions[0].partitions, TimeWindow):
-        raise NotImplementedError(
-            f"{table_slice.schema}.{table_slice.table}: only time-window partitions are supported "
-            f"by the vitals DuckDB IO manager (got {dimensions!r})"
-        )
-    return dimensions[0].partition_expr, window_from_time_window(dimensions[0].partitions)
-
-
-class VitalsArrowTypeHandler(DbTypeHandler):
-    """Stores a pyarrow.Table, a WindowBundle or a pandas.DataFrame by merging it over the slice."""
-
-    def handle_output(
-        self, context: dg.OutputContext, table_slice: TableSlice, obj: Any, connection
-    ) -> Mapping[str, Any]:
-        metadata = context.definition_metadata or {}
-        merge_keys = _metadata_value(metadata, "merge_keys")
-        if not merge_keys or isinstance(merge_keys, str):
-            output = context.asset_key.to_user_string() if context.has_asset_key else context.name
-            raise ValueError(
-                f"asset {output} "
-                f"has no 'merge_keys' metadata (a list of key columns, e.g. ['point', 'ts']); "
-                f"the vitals DuckDB IO manager merges on it"
-            )
-        time_column, window = _slice_window(table_slice)
-        if isinstance(obj, WindowBundle):
-            rows, companions = obj.rows, obj.companions
-        else:
-            rows, companions = obj, {}
-        started = time.perf_counter()
-        counts = store_slice(
-            connection,
-            schema=table_slice.schema,
-            table=table_slice.table,
-            rows=rows,
-            merge_keys=list(merge_keys),
-            time_column=time_column,
-            window=window,
-            companions=companions,
-        )
-        elapsed = time.perf_counter() - started
-        where = f" window [{window[0]}, {window[1]}) UTC" if window else ""
-        for name, table_counts in counts.items():
-            context.log.info(
-                f"stored {table_slice.schema}.{name}{where}: {table_counts.inserted} inserted, "
-                f"{table_counts.updated} updated, {table_counts.unchanged} unchanged"
-            )
-        context.log.debug(f"store took {elapsed:.2f} s")
-        own = counts[table_slice.table]
-        return {
-            "store_rows_inserted": own.inserted,
-            "store_rows_updated": own.updated,
-            "store_rows_unchanged": own.unchanged,
-        }
-
-    def load_input(self, context: dg.InputContext, table_slice: TableSlice, connection) -> Any:
-        time_column, window = _slice_window(table_slice)
-        table = load_slice(
-            connection,
-            schema=table_slice.schema,
-            table=table_slice.table,
-            columns=table_slice.columns,
-            time_column=time_column,
-            window=window,
-        )
-        if "pandas" in sys.modules and context.dagster_type.typing_type is _pandas().DataFrame:
-            return table.to_pandas()
-        return table
-
-    @property
-    def supported_types(self) -> Sequence[type]:
-        # pandas.DataFrame is accepted only where pandas is already loaded (see _pandas).
-        return [pa.Table, WindowBundle] + (
-            [sys.modules["pandas"].DataFrame] if "pandas" in sys.modules else []
-        )
-
-
-class VitalsDuckDBClient(DbClient):
-    """Connections with lock retries and UTC; no slice deletion (the merge does it in its
-    transaction)."""
-
-    def __init__(
-        self,
-        database: str,
-        *,
-        lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
-        connection_config: Mapping[str, Any] | None = None,
-    ):
-        self.database = database
-        self.lock_timeout_seconds = lock_timeout_seconds
-        self.connection_config = dict(connection_config or {})
-
-    @contextmanager
-    def connect(self, context, table_slice: TableSlice) -> Iterator[duckdb.DuckDBPyConnection]:
-        conn = connect_duckdb(
-            self.database,
-            lock_timeout_seconds=self.lock_timeout_seconds,
-            connection_config=self.connection_config,
-        )
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def ensure_schema_exists(self, context, table_slice: TableSlice, connection) -> None:
-        catalog = _current_catalog(connection)
-        connection.execute(
-            f"CREATE SCHEMA IF NOT EXISTS {_q(catalog)}.{_q(table_slice.schema)}"
-        )
-
-    def delete_table_slice(self, context, table_slice: TableSlice, connection) -> None:
-        """Nothing: stored rows a new frame lacks are kept, and the merge replaces the rest."""
-
-    def get_table_name(self, table_slice: TableSlice) -> str:
-        return f"{catalog_name(self.database)}.{table_slice.schema}.{table_slice.table}"
-
-    def get_select_statement(self, table_slice: TableSlice) -> str:
-        """The slice as a query to paste into a DuckDB shell (shown as run metadata)."""
-        selected = ", ".join(_q(c) for c in table_slice.columns) if table_slice.columns else "*"
-        target = qualified_name(catalog_name(self.database), table_slice.schema, table_slice.table)
-        query = f"SELECT {selected} FROM {target}"
-        time_column, window = _slice_window(table_slice)
-        if window is not None:
-            start, end = (f"TIMESTAMP '{moment.isoformat(sep=' ')}'" for moment in window)
-            query += f" WHERE {_q(time_column)} >= {start} AND {_q(time_column)} < {end}"
-        return query
-
-
-class VitalsDuckDBIOManager(DuckDBIOManager):
-    """Stores asset outputs in DuckDB by merging each run's window in one transaction.
-
-    Asset definition metadata: `schema` (the site schema), `merge_keys` (key columns, e.g.
-    ["point", "ts"]), and for time-partitioned assets `partition_expr` (the naive-UTC time column).
-    The table is the asset key's last component. Outputs: pyarrow.Table, WindowBundle (companion
-    tables in the same transaction) or pandas.DataFrame; inputs load as pyarrow.Table.
-    """
-
-    lock_timeout_seconds: float = Field(
-        default=DEFAULT_LOCK_TIMEOUT_SECONDS,
-        description=(
-            "How long to keep retrying when another process holds the DuckDB file, before failing."
-        ),
-    )
-
-    @staticmethod
-    def type_handlers() -> Sequence[DbTypeHandler]:
-        return [VitalsArrowTypeHandler()]
-
-    @staticmethod
-    def default_load_type() -> type | None:
-        return pa.Table
-
-    def create_io_manager(self, context) -> DbIOManager:
-        return DbIOManager(
-            db_client=VitalsDuckDBClient(
-                self.database,
-                lock_timeout_seconds=self.lock_timeout_seconds,
-                connection_config=self.connection_config,
-            ),
-            database=self.database,
-            schema=self.schema_,
-            type_handlers=self.type_handlers(),
-            default_load_type=self.default_load_type(),
-            io_manager_name="VitalsDuckDBIOManager",
-        )
