@@ -33,7 +33,7 @@ from vitals_pipeline.assets.keys import points_key, timeseries_dep, timeseries_k
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse
-from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc
+from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc, table_exists
 
 HOUR = timedelta(hours=1)
 HOURLY_CRON = "0 * * * *"
@@ -83,16 +83,6 @@ def hourly_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
     )
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(
-        conn.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
-            [schema, table],
-        ).fetchall()[0][0]
-    )
-
-
 def _totalizers_sql(catalog: str, schema: str, has_points: bool) -> tuple[str, list]:
     """A query for the names of the site's totalizer points (from `<site>.points`)."""
     if not has_points:
@@ -117,9 +107,9 @@ def hourly_rollup(
     to tell totalizers apart). Raises LookupError when the site has no timeseries table yet.
     """
     catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
-    if not _table_exists(conn, schema, "timeseries"):
+    if not table_exists(conn, schema, "timeseries"):
         raise LookupError(f"no table {schema}.timeseries")
-    has_points = _table_exists(conn, schema, "points")
+    has_points = table_exists(conn, schema, "points")
     totalizers, totalizer_params = _totalizers_sql(catalog, schema, has_points)
     timeseries = qualified_name(catalog, schema, "timeseries")
     # One aggregation pass over the hour's rows; the ordered step scan (a window function, the
@@ -280,7 +270,7 @@ def hourly_summary(database: str, sites: list[str]) -> list[str]:
     with duckdb.connect(database, read_only=True) as conn:
         for site in sites:
             slug = schema_name(site)
-            if not _table_exists(conn, slug, HOURLY_TABLE):
+            if not table_exists(conn, slug, HOURLY_TABLE):
                 lines.append(f"{site}: no hourly roll-up yet")
                 continue
             rows, hours, points, first, last, meters, used = conn.execute(

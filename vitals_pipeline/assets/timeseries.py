@@ -19,7 +19,7 @@ import dagster as dg
 import pyarrow as pa
 
 from vitals_pipeline.ace.client import AceError, FetchStats
-from vitals_pipeline.ace.parse import combine_samples, to_sample_batch
+from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_batch
 from vitals_pipeline.assets.fleet import (
     SiteFailures,
     fetch_sites,
@@ -36,14 +36,20 @@ from vitals_pipeline.lazy import defer_pandas_in_pyarrow
 from vitals_pipeline.memory import release_freed_memory, use_system_allocator
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.samples import CleanResult, clean_window, merge_clean_results
-from vitals_pipeline.storage.duckdb_io import WindowBundle
+from vitals_pipeline.storage.duckdb_io import WindowBundle, store_slice, table_exists
 from vitals_pipeline.storage.names import schema_name
-from vitals_pipeline.storage.schema import TIMESERIES_MERGE_KEYS, TIMESERIES_TIME_COLUMN
+from vitals_pipeline.storage.schema import (
+    POINTS_MERGE_KEYS,
+    POINTS_TABLE,
+    TIMESERIES_MERGE_KEYS,
+    TIMESERIES_TIME_COLUMN,
+)
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 from vitals_pipeline.windows import Window
 
 # How often the step says how far it got while storing a big fleet.
 PROGRESS_EVERY_SECONDS = 15.0
+BIG_WINDOW_SAMPLES = 1_000_000
 
 
 @dataclass
@@ -53,6 +59,8 @@ class SiteSamples:
     result: CleanResult
     future_rows: int
     stats: FetchStats
+    points: pa.Table | None = None  # fetched because the site had none stored yet
+    inputs: quality_checks.QualityInputs | None = None  # what judging the window reads
 
 
 def site_budget_seconds(settings: Settings, window: Window) -> float:
@@ -135,7 +143,18 @@ def sync_timeseries(
     totals = _Totals(started=time.monotonic())
 
     def fetch(site: str, deadline: float) -> SiteSamples:
-        return fetch_site_window(ace_clients, site, window, quality, deadline)
+        fetched = fetch_site_window(
+            ace_clients, site, window, quality, deadline, with_points=site in without_points
+        )
+        if quality.enabled:
+            # Read in this fetch thread, on a cursor of the run's DuckDB session (DuckDB reads a
+            # committed snapshot while the step's thread writes other sites).
+            with warehouse.connect() as cursor:
+                fetched.inputs = quality_checks.read_quality_inputs(
+                    cursor, schema_name(site), fetched.result.samples, window, quality,
+                    points=fetched.points,
+                )
+        return fetched
 
     def describe(site: str, exc: BaseException) -> str:
         if isinstance(exc, AceError | TimeoutError):
@@ -144,6 +163,11 @@ def sync_timeseries(
 
     with _ace_clients(ace, settings.fetch_concurrency) as ace_clients, warehouse.session() as conn, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality") as judging:
+        # A site whose points were never loaded gets them in this run, first: the checks need
+        # their units and intervals (else every expectation is unknown).
+        without_points = {
+            site for site in sites if quality.enabled and not table_exists(conn, schema_name(site), "points")
+        }
         fetched = fetch_sites(
             sites, fetch, concurrency=settings.fetch_concurrency, budget_seconds=budget,
             describe_error=describe,
@@ -165,9 +189,10 @@ def sync_timeseries(
                 continue
             totals.add(outcome.value)
             totals.report_progress(context, len(sites))
-            # A big window's frames (a day of a big site is ~1 GB of Arrow buffers while stored)
-            # are handed back to the OS before the next site's.
-            release_freed_memory()
+            if outcome.value.result.samples.num_rows > BIG_WINDOW_SAMPLES:
+                # A big window's frames (a day of a big site is ~1 GB of Arrow buffers while
+                # stored) are handed back to the OS before the next site's.
+                release_freed_memory()
     context.log.info(totals.summary(sites, failures, window))
     failures.raise_if_any(len(sites))
 
@@ -180,9 +205,11 @@ def _ace_clients(ace: AceResource, max_in_flight: int):
 
 
 def fetch_site_window(
-    clients, site: str, window: Window, quality: QualityThresholds, deadline: float
+    clients, site: str, window: Window, quality: QualityThresholds, deadline: float,
+    *, with_points: bool = False,
 ) -> SiteSamples:
-    """One site's samples for `window`, cleaned (runs in a fetch thread)."""
+    """One site's samples for `window`, cleaned (runs in a fetch thread); with `with_points` its
+    configured points too."""
     stats = FetchStats()
 
     def clean_piece(batches: list, lo: datetime, hi: datetime) -> tuple[CleanResult, int]:
@@ -198,11 +225,14 @@ def fetch_site_window(
         return clean_window(fetched, Window(lo, hi), run_window=window), future
 
     with clients(deadline) as client:
+        points = points_table(client.configured_points(site), datetime.now(UTC)) if with_points else None
         pieces = client.fetch_pieces(
             site, window.start, window.end, to_sample_batch, clean_piece, stats
         )
     result = merge_clean_results([piece for piece, _ in pieces])
-    return SiteSamples(result=result, future_rows=sum(f for _, f in pieces), stats=stats)
+    return SiteSamples(
+        result=result, future_rows=sum(f for _, f in pieces), stats=stats, points=points
+    )
 
 
 def _store_site(
@@ -235,17 +265,26 @@ def _store_site(
                     entry["completeness_pct"] = completeness
             context.add_asset_metadata(entry, asset_key=key, partition_key=pkey)
 
+    if fetched.points is not None:
+        # The points this run loaded first (the site had none): stored as the points asset
+        # stores them, and recorded as a materialization of `<site>/points`. Written here, not
+        # by the IO manager, because this step's outputs are the sites' timeseries.
+        store_slice(conn, schema=slug, table=POINTS_TABLE, rows=fetched.points,
+                    merge_keys=POINTS_MERGE_KEYS)
+        context.log_event(dg.AssetMaterialization(
+            asset_key=points_key(site),
+            metadata={"points": fetched.points.num_rows, "loaded_by": "timeseries run (no points stored yet)"},
+        ))
     if checks is None:
         add_partition_metadata(None)
         yield dg.Output(result.samples, output_name=name)
         return
 
-    # The stored history is read before the store; the window is judged while the IO manager
-    # inserts the samples (DuckDB works without the GIL), and the quality rows join the same
-    # transaction when the store asks for them. `vitals backfill` judges first and stores after:
-    # its one process runs day after day and holds less between runs that way.
-    inputs = quality_checks.read_quality_inputs(conn, slug, result.samples, window, quality)
-    args = (site, slug, result.samples, window, quality, inputs)
+    # The window is judged while the IO manager inserts the samples (DuckDB works without the
+    # GIL), and the quality rows join the same transaction when the store asks for them.
+    # `vitals backfill` judges first and stores after: its one process runs day after day and
+    # holds less between runs that way.
+    args = (site, slug, result.samples, window, quality, fetched.inputs)
     if judge_first:
         run_quality = quality_checks.assess(*args)
         add_partition_metadata(run_quality)
@@ -291,6 +330,7 @@ class CheckReporter:
         self.slots = recording.slots_in(self.repeat_every)
         self.tick_slot = recording.tick_slot(window.end, self.slots)
         self.now = datetime.now(UTC)
+        self.spread_first = len(sites) > recording.SPREAD_FIRST_ABOVE_SITES
         unselected = [
             dg.AssetCheckKey(timeseries_key(site), name)
             for site in sites
@@ -325,6 +365,7 @@ class CheckReporter:
             if recording.should_record(
                 current=current, previous=previous, previous_at=previous_at, now=self.now,
                 repeat_every=self.repeat_every, site_slot=site_slot, tick_slot=self.tick_slot,
+                spread_first=self.spread_first,
             ):
                 self.context.log_event(
                     dg.AssetCheckEvaluation(

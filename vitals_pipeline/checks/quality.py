@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 
 from vitals_pipeline.checks.rules import DOWN, FAULT, OK, POINT_RULES_SCHEMA, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
+from vitals_pipeline.storage.duckdb_io import table_exists
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.windows import PARTITION, Window, partition_key
 
@@ -148,15 +149,6 @@ def history_span(rules: pa.Table, thresholds: QualityThresholds) -> timedelta:
         need = max(need, thresholds.down_after_missed * max(intervals))
     need = min(need, int(MAX_HISTORY.total_seconds()))
     return timedelta(seconds=-(-need // _PARTITION_S) * _PARTITION_S)
-
-
-def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    rows = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
-        " AND table_catalog = current_database()",
-        [schema, table],
-    ).fetchall()
-    return bool(rows[0][0])
 
 
 def naive(t: datetime) -> datetime:

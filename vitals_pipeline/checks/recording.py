@@ -14,6 +14,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 PASSED = "passed"
+# Runs of more sites than this spread even the first record of a passing check over the hour:
+# a new fleet of 300 sites would otherwise record 2,400 evaluations on its first tick.
+SPREAD_FIRST_ABOVE_SITES = 25
 
 
 def outcome(passed: bool, severity: str) -> str:
@@ -30,16 +33,21 @@ def should_record(
     repeat_every: timedelta,
     site_slot: int,
     tick_slot: int,
+    spread_first: bool = False,
 ) -> bool:
     """Whether a run records this result.
 
-    - never recorded before, or the outcome changed: yes;
+    - never recorded before: yes, except that with `spread_first` (a big fleet) a passing one
+      waits for the site's slot of the hour;
+    - the outcome changed: yes;
     - `repeat_every` zero: every run records (the old behaviour);
     - unchanged: only in the site's slot of the hour (`site_slot == tick_slot`, slots being the
       5-minute ticks of `repeat_every`) and when the last record is older than half of
       `repeat_every` (so a re-run in the same slot does not record twice).
     """
-    if previous is None or previous != current:
+    if previous is None:
+        return not (spread_first and current == PASSED) or site_slot == tick_slot
+    if previous != current:
         return True
     if repeat_every <= timedelta(0):
         return True

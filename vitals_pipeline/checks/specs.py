@@ -143,10 +143,11 @@ class QualityInputs:
 
 def read_quality_inputs(
     conn: duckdb.DuckDBPyConnection, schema: str, samples: pa.Table, window: Window,
-    thresholds: QualityThresholds,
+    thresholds: QualityThresholds, points: pa.Table | None = None,
 ) -> QualityInputs:
-    """The points' rules and the bounded stored history (the only DuckDB reads of `assess`)."""
-    rules = point_rules(load_points(conn, schema), thresholds)
+    """The points' rules and the bounded stored history (the only DuckDB reads of `assess`).
+    `points`: the site's points table when the run has just fetched it (not stored yet)."""
+    rules = point_rules(points if points is not None else load_points(conn, schema), thresholds)
     span = history_span(rules, thresholds)
     kept, history, kept_keys = stored_rows(conn, schema, samples, window, span)
     return QualityInputs(rules=rules, span=span, kept=kept, history=history, kept_keys=kept_keys)

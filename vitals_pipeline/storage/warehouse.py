@@ -21,7 +21,11 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from vitals_pipeline.storage.duckdb_io import DEFAULT_LOCK_TIMEOUT_SECONDS, connect_duckdb
+from vitals_pipeline.storage.duckdb_io import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    cached_catalog,
+    connect_duckdb,
+)
 
 # database path -> (the session's connection, the thread that opened it, depth)
 _sessions: dict[str, list] = {}
@@ -84,7 +88,10 @@ class DuckDBWarehouse(dg.ConfigurableResource):
         with _sessions_lock:
             _sessions[self.database] = [conn, threading.get_ident(), 1]
         try:
-            yield conn
+            # While the session holds the file no other process can change it: its catalog
+            # (which tables and columns exist) is read once, not before every store.
+            with cached_catalog(conn):
+                yield conn
         finally:
             with _sessions_lock:
                 _sessions.pop(self.database, None)
