@@ -38,34 +38,45 @@ def backfill(
     chunk_hours: float = 24,
     progress: Callable[[str], None] = print,
 ) -> list[ChunkResult]:
-    """Materialize `<site>/timeseries` over `window` in chunks; a failed chunk stops that site."""
+    """Materialize `<site>/timeseries` of `sites` over `window`, one run per chunk for all of
+    them (fetched concurrently, as the fleet's ticks are). A site that fails a chunk is left out
+    of the later chunks (its error is in the result); the other sites go on."""
     from vitals_pipeline.assets.keys import BACKFILL_TAG, range_tags, timeseries_key, window_keys
 
     job = defs.resolve_implicit_global_asset_job_def()
     chunks = split_window(window, chunk_hours)
     results: list[ChunkResult] = []
-    for site in sites:
-        for i, chunk in enumerate(chunks, 1):
-            first, last = window_keys(chunk)
-            began = time.perf_counter()
-            result = job.execute_in_process(
-                instance=instance,
-                asset_selection=[timeseries_key(site)],
-                tags={**range_tags(first, last), BACKFILL_TAG: "true"},
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                raise_on_error=False,
+    active = list(sites)
+    for i, chunk in enumerate(chunks, 1):
+        if not active:
+            break
+        first, last = window_keys(chunk)
+        began = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=[timeseries_key(site) for site in active],
+            tags={**range_tags(first, last), BACKFILL_TAG: "true"},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+        seconds = time.perf_counter() - began
+        samples = _samples_by_site(result)
+        errors = _site_errors(result, active)
+        run_id = result.run_id
+        _free_run_outputs(result)
+        del result
+        for site in active:
+            error = errors.get(site)
+            results.append(
+                ChunkResult(site, chunk, run_id, error is None, samples.get(site, 0), seconds, error)
             )
-            seconds = time.perf_counter() - began
-            samples = _run_samples(result)
-            error = None if result.success else _failure_text(result)
-            results.append(ChunkResult(site, chunk, result.run_id, result.success, samples, seconds, error))
-            run_id = result.run_id
-            _free_run_outputs(result)
-            del result
-            status = f"{samples:,} samples in {seconds:.1f}s" if error is None else f"FAILED: {error}"
-            progress(f"[{i}/{len(chunks)}] {site} {chunk}: {status} (run {run_id[:8]})")
-            if error is not None:
-                break
+        stored = sum(samples.values())
+        failed = [site for site in active if site in errors]
+        status = f"{stored:,} samples of {len(active) - len(failed)} sites in {seconds:.1f}s"
+        if failed:
+            status += f"; FAILED: " + "; ".join(f"{site}: {errors[site]}" for site in failed)
+        progress(f"[{i}/{len(chunks)}] {chunk}: {status} (run {run_id[:8]})")
+        active = [site for site in active if site not in errors]
     return results
 
 
@@ -84,18 +95,36 @@ def _free_run_outputs(result: dg.ExecuteInProcessResult) -> None:
     release_freed_memory()
 
 
-def _run_samples(result: dg.ExecuteInProcessResult) -> int:
+def _samples_by_site(result: dg.ExecuteInProcessResult) -> dict[str, int]:
+    """Samples stored per site (schema name): the per-partition `samples` figures added up."""
+    totals: dict[str, int] = {}
     for event in result.get_asset_materialization_events():
-        value = event.materialization.metadata.get("run_samples")
-        if value is not None:
-            return int(value.value)
-    return 0
+        key = event.asset_key
+        value = event.materialization.metadata.get("samples")
+        if key is not None and value is not None and key.path[-1] == "timeseries":
+            totals[key.path[0]] = totals.get(key.path[0], 0) + int(value.value)
+    return totals
 
 
-def _failure_text(result: dg.ExecuteInProcessResult) -> str:
-    messages = [
-        e.event_specific_data.error.message.strip()
-        for e in result.all_events
-        if e.is_step_failure and e.event_specific_data and e.event_specific_data.error
-    ]
-    return " | ".join(messages) or "see the run in the UI"
+def _site_errors(result: dg.ExecuteInProcessResult, sites: list[str]) -> dict[str, str]:
+    """The sites (as given) the run failed, with their errors: from the fleet step's
+    `failed_sites`, or the step's error for every site when the step failed as a whole."""
+    from vitals_pipeline.storage.names import schema_name
+
+    by_slug = {schema_name(site): site for site in sites}
+    errors: dict[str, str] = {}
+    for event in result.all_events:
+        if not event.is_step_failure or not event.event_specific_data:
+            continue
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        listed = user.metadata.get("failed_sites") if user is not None else None
+        if listed is not None:
+            for entry in listed.value:
+                site = by_slug.get(entry["site"], entry["site"])
+                errors[site] = entry["error"]
+        elif data.error is not None:
+            message = data.error.message.strip().splitlines()[0]
+            for site in sites:
+                errors.setdefault(site, message)
+    return errors

@@ -1,4 +1,4 @@
-"""The `vitals` command: `simulate`, `demo`, `dev`, `status`."""
+"""The `vitals` command: `simulate`, `demo`, `dev`, `status`, `backfill`, `pause`, `resume`."""
 
 from __future__ import annotations
 
@@ -180,14 +180,13 @@ def dev(port: int, sim_port: int, sites: str) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (same exit codes).")
-@click.option("--runs", default=5, show_default=True, help="Recent runs to show per site.")
 @click.option(
     "--duckdb-wait",
     default=5.0,
     show_default=True,
     help="Seconds to wait for a run writing DuckDB before reporting it busy.",
 )
-def status(as_json: bool, runs: int, duckdb_wait: float) -> None:
+def status(as_json: bool, duckdb_wait: float) -> None:
     """Health of every site from the Dagster instance (DAGSTER_HOME) and DuckDB.
 
     Exit code 0 healthy, 1 degraded, 2 down (thresholds: VITALS_STATUS_DEGRADED_MINUTES,
@@ -206,7 +205,7 @@ def status(as_json: bool, runs: int, duckdb_wait: float) -> None:
     except Exception as exc:  # a status command reports, it does not crash
         click.echo(f"vitals status: DOWN (exit 2): cannot open DAGSTER_HOME: {type(exc).__name__}: {exc}")
         sys.exit(2)
-    code = run_status(as_json=as_json, recent_runs=runs, duckdb_wait_seconds=duckdb_wait, echo=click.echo)
+    code = run_status(as_json=as_json, duckdb_wait_seconds=duckdb_wait, echo=click.echo)
     if _console_entry:
         # Everything is printed and closed: skip the interpreter's teardown of Dagster's
         # thousands of modules (~0.4 s of a ~3 s command that monitors call every minute).
@@ -257,6 +256,52 @@ def backfill(first: str, last: str, sites: str | None, chunk_hours: float) -> No
     if failed:
         raise SystemExit(1)
 
+
+
+def _switch_sites(sites: tuple[str, ...], pause: bool) -> None:
+    from vitals_pipeline.automation.pause import paused_sites, pause_sites, resume_sites
+    from vitals_pipeline.config import Settings
+    from vitals_pipeline.storage.names import schema_name
+
+    try:
+        configured = Settings.from_env().sites
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    known = {schema_name(site) for site in configured}
+    unknown = [site for site in sites if schema_name(site) not in known]
+    if unknown:
+        raise click.ClickException(
+            f"not in ACE_SITES: {', '.join(unknown)} (configured: {', '.join(sorted(known))})"
+        )
+    ensure_dagster_home()
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        changed = pause_sites(instance, sites) if pause else resume_sites(instance, sites)
+        now_paused = sorted(paused_sites(instance))
+    verb = "paused" if pause else "resumed"
+    untouched = [schema_name(site) for site in sites if schema_name(site) not in changed]
+    if changed:
+        click.echo(f"{verb}: {', '.join(changed)}")
+    if untouched:
+        click.echo(f"already {'paused' if pause else 'active'}: {', '.join(untouched)}")
+    click.echo(f"paused sites now: {', '.join(now_paused) or 'none'}")
+
+
+@main.command()
+@click.argument("sites", nargs=-1, required=True)
+def pause(sites: tuple[str, ...]) -> None:
+    """Stop the schedule and the catch-up sensor from running SITES (e.g. a building offline for
+    works). The other sites go on; runs launched by hand still run. Undo with `vitals resume`."""
+    _switch_sites(sites, pause=True)
+
+
+@main.command()
+@click.argument("sites", nargs=-1, required=True)
+def resume(sites: tuple[str, ...]) -> None:
+    """Let the automation run SITES again; the catch-up sensor fills what they missed (within
+    VITALS_CATCHUP_HOURS)."""
+    _switch_sites(sites, pause=False)
 
 
 @main.command(

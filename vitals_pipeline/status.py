@@ -1,9 +1,10 @@
 """`vitals status`: how the pipeline is doing, from the Dagster instance and the DuckDB file.
 
-The replacement for the old Worker's `/health`, `/status` and `/stats`. Per site: the newest
-materialized partition and its lag, missing and failed partitions of the last 24 h, the last run,
-failed runs of the last 24 h with their errors, the recent runs' figures, check results; then the
-DuckDB figures. Exit code 0 healthy, 1 degraded, 2 down.
+The replacement for the old Worker's `/health`, `/status` and `/stats`. For the fleet: how many
+sites are healthy, degraded, down or paused. Per site: the newest materialized partition and its
+lag, missing and failed partitions of the last 24 h, its last run and, when that run failed for
+this site, the site's own error (a fleet run fails when any site does), check results; then the
+DuckDB figures. Exit code 0 healthy, 1 degraded, 2 down (paused sites do not count).
 
 Every instance query is bounded: partition keys are formatted for the 24 h window (288 keys), never
 listed from the partitions definition, and runs are read a few at a time. DuckDB is opened
@@ -23,10 +24,11 @@ from typing import Any
 
 import dagster as dg
 from dagster import DagsterEventType
-from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
 from vitals_pipeline.assets.keys import five_minute_partitions, timeseries_key
+from vitals_pipeline.automation.alerts import run_outcomes
 from vitals_pipeline.automation.gaps import catchup_window, find_gaps
+from vitals_pipeline.automation.pause import paused_sites
 from vitals_pipeline.automation.runs import (
     TRIGGER_TAG,
     run_errors,
@@ -39,13 +41,11 @@ from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.windows import PARTITION, Window, floor_to_partition, partition_key, partition_start
 
-HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
+HEALTHY, DEGRADED, DOWN, PAUSED = "healthy", "degraded", "down", "paused"
 EXIT_CODES = {HEALTHY: 0, DEGRADED: 1, DOWN: 2}
 _RANK = {HEALTHY: 0, DEGRADED: 1, DOWN: 2}
 STATUS_HOURS = 24
-DEFAULT_RECENT_RUNS = 5
 DEFAULT_DUCKDB_WAIT_SECONDS = 5.0
-FAILED_RUNS_SHOWN = 3
 GAPS_SHOWN = 10
 
 
@@ -69,14 +69,23 @@ def collect_status(
     thresholds: Thresholds,
     *,
     now: datetime | None = None,
-    recent_runs: int = DEFAULT_RECENT_RUNS,
     duckdb_wait_seconds: float = DEFAULT_DUCKDB_WAIT_SECONDS,
     check_keys: dict[str, list[dg.AssetCheckKey]] | None = None,
+    read_duckdb: bool = True,
 ) -> dict[str, Any]:
     """The whole report as plain data (what `--json` prints)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     partitions_def = five_minute_partitions(settings)
-    failed_runs = _failed_runs_by_site(instance, now)
+    paused = paused_sites(instance)
+    keys = [timeseries_key(site) for site in settings.sites]
+    records = {r.asset_entry.asset_key: r for r in instance.get_asset_records(keys)}
+    all_checks = [key for site in settings.sites for key in (check_keys or {}).get(site, [])]
+    latest_checks = (
+        instance.event_log_storage.get_latest_asset_check_execution_by_key(all_checks)
+        if all_checks
+        else {}
+    )
+    runs = _RunCache(instance)
     sites = []
     for site in settings.sites:
         try:
@@ -87,9 +96,10 @@ def collect_status(
                 partitions_def,
                 thresholds,
                 now=now,
-                recent_runs=recent_runs,
-                failed_runs=failed_runs.get(schema_name(site), []),
-                check_keys=(check_keys or {}).get(site, []),
+                record=records.get(timeseries_key(site)),
+                paused=schema_name(site) in paused,
+                runs=runs,
+                checks=_check_results((check_keys or {}).get(site, []), latest_checks),
             )
         except Exception as exc:  # one unreadable site must not hide the others
             report = {
@@ -98,8 +108,13 @@ def collect_status(
                 "reasons": [f"could not read the instance: {type(exc).__name__}: {exc}"],
             }
         sites.append(report)
-    duckdb_report = duckdb_figures(settings.duckdb_path, settings.sites, duckdb_wait_seconds)
-    overall = max((s["health"] for s in sites), key=_RANK.__getitem__, default=DOWN)
+    duckdb_report = (
+        duckdb_figures(settings.duckdb_path, settings.sites, duckdb_wait_seconds)
+        if read_duckdb
+        else {"path": str(Path(settings.duckdb_path).resolve()), "state": "not read"}
+    )
+    counted = [s["health"] for s in sites if s["health"] != PAUSED]
+    overall = max(counted, key=_RANK.__getitem__, default=HEALTHY if sites else DOWN)
     return {
         "now": now.isoformat(),
         "health": overall,
@@ -108,9 +123,61 @@ def collect_status(
             "degraded_lag_minutes": thresholds.degraded_minutes,
             "down_lag_minutes": thresholds.down_minutes,
         },
+        "fleet": {
+            "sites": len(sites),
+            **{state: sum(1 for s in sites if s["health"] == state) for state in (HEALTHY, DEGRADED, DOWN, PAUSED)},
+        },
         "sites": sites,
         "duckdb": duckdb_report,
     }
+
+
+class _RunCache:
+    """Run records and per-site outcomes, read once per run (a fleet run is every site's)."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+        self.records: dict[str, dg.RunRecord | None] = {}
+        self.outcomes: dict[str, dict[str, str | None]] = {}
+
+    def record(self, run_id: str) -> dg.RunRecord | None:
+        if run_id not in self.records:
+            self.records[run_id] = self.instance.get_run_record_by_id(run_id)
+        return self.records[run_id]
+
+    def site_error(self, run: dg.DagsterRun, asset: str) -> str | None:
+        if run.status != dg.DagsterRunStatus.FAILURE:
+            return None
+        if run.run_id not in self.outcomes:
+            self.outcomes[run.run_id] = run_outcomes(self.instance, run)
+        return self.outcomes[run.run_id].get(asset)
+
+
+def newest_partition(
+    instance: dg.DagsterInstance, site: str, settings: Settings, now: datetime, record=None
+) -> str | None:
+    """The newest materialized 5-minute partition of the site among the last 24 h of closed
+    partitions (a re-fetch that failed does not unmake the data already stored)."""
+    asset_key = timeseries_key(site)
+    closed_end = floor_to_partition(now)
+    recent_start = max(closed_end - timedelta(hours=STATUS_HOURS), settings.partitions_start)
+    newest: str | None = None
+    if recent_start < closed_end:
+        recent_keys = Window(recent_start, closed_end).partition_keys()
+        materialized = instance.get_latest_storage_id_by_partition(
+            asset_key, DagsterEventType.ASSET_MATERIALIZATION, set(recent_keys)
+        )
+        newest = max(materialized, default=None)
+    entry = record.asset_entry if record else None
+    if newest is None and entry is not None and entry.last_materialization is not None:
+        event = entry.last_materialization.dagster_event
+        newest = event.partition if event else None
+    return newest
+
+
+def lag_minutes(newest: str | None, now: datetime) -> float | None:
+    """Minutes since the end of the newest materialized partition."""
+    return (now - (partition_start(newest) + PARTITION)).total_seconds() / 60 if newest else None
 
 
 def _site_status(
@@ -121,31 +188,15 @@ def _site_status(
     thresholds: Thresholds,
     *,
     now: datetime,
-    recent_runs: int,
-    failed_runs: list[dg.RunRecord],
-    check_keys: Sequence[dg.AssetCheckKey],
+    record,
+    paused: bool,
+    runs: _RunCache,
+    checks: list[dict[str, Any]],
 ) -> dict[str, Any]:
     asset_key = timeseries_key(site)
-    [record] = instance.get_asset_records([asset_key]) or [None]
     entry = record.asset_entry if record else None
-
-    # Newest materialized partition: any materialization ever, among the last 24 h of closed
-    # partitions (a re-fetch that failed does not unmake the data already stored).
-    closed_end = floor_to_partition(now)
-    recent_start = max(closed_end - timedelta(hours=STATUS_HOURS), settings.partitions_start)
-    newest: str | None = None
-    if recent_start < closed_end:
-        recent_keys = Window(recent_start, closed_end).partition_keys()
-        materialized = instance.get_latest_storage_id_by_partition(
-            asset_key, DagsterEventType.ASSET_MATERIALIZATION, set(recent_keys)
-        )
-        newest = max(materialized, default=None)
-    if newest is None and entry is not None and entry.last_materialization is not None:
-        event = entry.last_materialization.dagster_event
-        newest = event.partition if event else None
-    lag_minutes = (
-        (now - (partition_start(newest) + PARTITION)).total_seconds() / 60 if newest else None
-    )
+    newest = newest_partition(instance, site, settings, now, record)
+    lag = lag_minutes(newest, now)
 
     # Missing and failed: the catch-up sensor's window for 24 h (all but the newest closed
     # partition, which the schedule is on).
@@ -159,29 +210,37 @@ def _site_status(
             state = status.get(key)
             if state is None:
                 missing += 1
-            elif state == AssetPartitionStatus.FAILED:
+            elif state == dg.AssetPartitionStatus.FAILED:
                 failed += 1
-            elif state == AssetPartitionStatus.IN_PROGRESS:
+            elif state == dg.AssetPartitionStatus.IN_PROGRESS:
                 in_progress += 1
         gaps = [
             f"{gap.first}...{gap.last}"
             for gap in find_gaps(
-                keys, lambda k: status.get(k) in (None, AssetPartitionStatus.FAILED), len(keys)
+                keys, lambda k: status.get(k) in (None, dg.AssetPartitionStatus.FAILED), len(keys)
             )
         ]
 
     last_run = None
     last_run_id = (entry.last_planned_materialization_run_id or entry.last_run_id) if entry else None
     if last_run_id:
-        run_record = instance.get_run_record_by_id(last_run_id)
+        run_record = runs.record(last_run_id)
         if run_record is not None:
             last_run = _run_summary(run_record)
+            # A fleet run fails when any of its sites fails: what matters here is this site.
+            error = runs.site_error(run_record.dagster_run, asset_key.to_user_string())
+            last_run["site_status"] = "FAILURE" if error else (
+                "SUCCESS" if run_record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+                else run_record.dagster_run.status.value
+            )
+            last_run["error"] = error
 
     report: dict[str, Any] = {
         "site": site,
         "asset": asset_key.to_user_string(),
+        "paused": paused,
         "newest_partition": newest,
-        "lag_minutes": round(lag_minutes, 1) if lag_minutes is not None else None,
+        "lag_minutes": round(lag, 1) if lag is not None else None,
         "window": (
             {"first": partition_key(window.start), "end": partition_key(window.end)} if window else None
         ),
@@ -191,19 +250,15 @@ def _site_status(
         "gaps": gaps[:GAPS_SHOWN],
         "gaps_total": len(gaps),
         "last_run": last_run,
-        "failed_runs_24h": len(failed_runs),
-        "failed_runs": [
-            {**_run_summary(r), "errors": run_errors(instance, r.dagster_run.run_id, limit=3)}
-            for r in failed_runs[:FAILED_RUNS_SHOWN]
-        ],
-        "recent_runs": _recent_runs(instance, asset_key, recent_runs),
-        "checks": _check_results(instance, check_keys),
+        "checks": checks,
     }
     report["health"], report["reasons"] = _health(report, thresholds)
     return report
 
 
 def _health(report: dict[str, Any], thresholds: Thresholds) -> tuple[str, list[str]]:
+    if report.get("paused"):
+        return PAUSED, ["paused (`vitals resume SITE` resumes it)"]
     lag = report["lag_minutes"]
     if lag is None:
         return DOWN, ["no partition has been materialized yet"]
@@ -214,8 +269,9 @@ def _health(report: dict[str, Any], thresholds: Thresholds) -> tuple[str, list[s
         reasons.append(
             f"newest partition is {lag:.0f} min old (degraded above {thresholds.degraded_minutes} min)"
         )
-    if report["last_run"] and report["last_run"]["status"] == "FAILURE":
-        reasons.append(f"the last run ({report['last_run']['run_id'][:8]}) failed")
+    last = report["last_run"]
+    if last and last.get("site_status") == "FAILURE":
+        reasons.append(f"its last run ({last['run_id'][:8]}) failed for it: {last.get('error')}")
     if report["missing_partitions"] or report["failed_partitions"]:
         reasons.append(
             f"{report['missing_partitions']} missing and {report['failed_partitions']} failed "
@@ -234,6 +290,7 @@ def _run_summary(record: dg.RunRecord) -> dict[str, Any]:
         "status": run.status.value,
         "trigger": run.tags.get(TRIGGER_TAG)
         or ("schedule" if run.tags.get("dagster/schedule_name") else "manual"),
+        "sites": len(run_sites(run)),
         "window": window,
         # 5-minute partitions; None for runs of hourly or daily assets
         "partitions": _partition_count(keys) if window.startswith("[") else None,
@@ -256,69 +313,7 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds") if timestamp else None
 
 
-def _failed_runs_by_site(instance: dg.DagsterInstance, now: datetime) -> dict[str, list[dg.RunRecord]]:
-    records = instance.get_run_records(
-        dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.FAILURE], updated_after=now - timedelta(hours=STATUS_HOURS)
-        ),
-        limit=500,
-    )
-    by_site: dict[str, list[dg.RunRecord]] = {}
-    for record in records:
-        for site in run_sites(record.dagster_run):
-            by_site.setdefault(site, []).append(record)
-    return by_site
-
-
-_RUN_FIGURES = ("run_samples", "run_retries", "run_api_seconds", "run_pages", "run_bytes", "run_partitions")
-
-
-def _recent_runs(instance: dg.DagsterInstance, asset_key: dg.AssetKey, count: int) -> list[dict[str, Any]]:
-    """The last `count` runs that materialized the asset, newest first, with their figures.
-
-    A range run leaves one materialization per partition, so runs are stepped through by time:
-    the newest materialization before the previous run's start belongs to the run before it
-    (the duckdb pool keeps runs of one asset from overlapping).
-    """
-    runs: list[dict[str, Any]] = []
-    before: float | None = None
-    seen: set[str] = set()
-    for _ in range(count + 20):  # bounded: runless materializations step one record at a time
-        if len(runs) >= count:
-            break
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, before_timestamp=before), limit=1
-        ).records
-        if not records:
-            break
-        materialization = records[0]
-        run_id = materialization.run_id
-        run_record = instance.get_run_record_by_id(run_id) if run_id else None
-        before = materialization.timestamp
-        if run_record is not None and run_record.start_time:
-            before = min(before, run_record.start_time)
-        if run_id in seen:
-            continue
-        seen.add(run_id)
-        event = materialization.asset_materialization
-        metadata = event.metadata if event else {}
-        figures = {
-            name.removeprefix("run_"): _metadata_value(metadata.get(name)) for name in _RUN_FIGURES
-        }
-        summary = _run_summary(run_record) if run_record else {"run_id": run_id, "status": None}
-        runs.append({**summary, **figures})
-    return runs
-
-
-def _metadata_value(entry: Any) -> Any:
-    value = getattr(entry, "value", entry)
-    return value if isinstance(value, (int, float, str)) or value is None else str(value)
-
-
-def _check_results(instance: dg.DagsterInstance, check_keys: Sequence[dg.AssetCheckKey]) -> list[dict[str, Any]]:
-    if not check_keys:
-        return []
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(list(check_keys))
+def _check_results(check_keys: Sequence[dg.AssetCheckKey], latest: dict) -> list[dict[str, Any]]:
     results = []
     for key in sorted(check_keys, key=lambda k: k.name):
         record = latest.get(key)
@@ -408,6 +403,9 @@ def render_text(report: dict[str, Any]) -> str:
         f"{report['now'][:16].replace('T', ' ')} UTC  (degraded: lag > "
         f"{report['thresholds']['degraded_lag_minutes']} min or missing/failed partitions or last "
         f"run failed; down: lag > {report['thresholds']['down_lag_minutes']} min)",
+        f"sites: {report['fleet']['sites']} ({report['fleet'][HEALTHY]} healthy, "
+        f"{report['fleet'][DEGRADED]} degraded, {report['fleet'][DOWN]} down, "
+        f"{report['fleet'][PAUSED]} paused)",
         "",
     ]
     header = (
@@ -423,7 +421,7 @@ def render_text(report: dict[str, Any]) -> str:
         lag = f"{s['lag_minutes']:.0f} min" if s["lag_minutes"] is not None else "-"
         last = s["last_run"]
         last_text = (
-            f"{last['status']} {last['trigger']} {(last['ended'] or last['started'] or '')[11:16]}"
+            f"{last['site_status']} {last['trigger']} {(last['ended'] or last['started'] or '')[11:16]}"
             f"{_duration(last['duration_seconds'])}"
             if last
             else "-"
@@ -433,7 +431,7 @@ def render_text(report: dict[str, Any]) -> str:
             f"{s['failed_partitions']:>7} {s['in_progress_partitions']:>8}  {last_text}"
         )
     for s in report["sites"]:
-        if "asset" not in s:
+        if "asset" not in s or s["health"] == HEALTHY:
             continue
         lines.append("")
         lines.append(f"{s['site']}:")
@@ -442,30 +440,9 @@ def render_text(report: dict[str, Any]) -> str:
         if s["gaps"]:
             more = f" (+{s['gaps_total'] - len(s['gaps'])} more)" if s["gaps_total"] > len(s["gaps"]) else ""
             lines.append(f"  gaps (24 h): {', '.join(s['gaps'])}{more}")
-        lines.append(f"  failed runs (24 h): {s['failed_runs_24h']}")
-        for run in s["failed_runs"]:
-            lines.append(f"    {run['run_id'][:8]} {run['window']} ended {(run['ended'] or '')[11:16]}")
-            for error in run["errors"] or ["(no error text recorded)"]:
-                lines.append(f"      {error[:300]}")
-        if s["recent_runs"]:
-            lines.append(
-                f"  recent runs: {'run':<8} {'status':<8} {'trigger':<8} {'ended':>5} {'parts':>5} "
-                f"{'samples':>9} {'retries':>7} {'API s':>6} {'secs':>6}"
-            )
-            for run in s["recent_runs"]:
-                lines.append(
-                    f"               {run['run_id'][:8]:<8} {str(run.get('status') or '-'):<8} "
-                    f"{str(run.get('trigger') or '-'):<8} {(run.get('ended') or '')[11:16]:>5} "
-                    f"{_n(run.get('partitions')):>5} {_n(run.get('samples')):>9} "
-                    f"{_n(run.get('retries')):>7} {_n(run.get('api_seconds')):>6} "
-                    f"{_n(run.get('duration_seconds')):>6}"
-                )
-        if s["checks"]:
-            checks = ", ".join(
-                f"{c['check']}={c['status']}" + (f"({c['severity']})" if c.get("passed") is False else "")
-                for c in s["checks"]
-            )
-            lines.append(f"  checks: {checks}")
+        failing = [c for c in s["checks"] if c.get("passed") is False]
+        if failing:
+            lines.append("  checks: " + ", ".join(f"{c['check']} ({c['severity']})" for c in failing))
     db = report["duckdb"]
     lines.append("")
     size = f" ({db['size_bytes'] / 1e6:.1f} MB)" if "size_bytes" in db else ""
@@ -483,16 +460,6 @@ def render_text(report: dict[str, Any]) -> str:
 
 def _duration(seconds: float | None) -> str:
     return f" ({seconds:.1f} s)" if seconds is not None else ""
-
-
-def _n(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +480,7 @@ def site_check_keys(settings: Settings) -> dict[str, list[dg.AssetCheckKey]]:
     }
 
 
-def run_status(*, as_json: bool, recent_runs: int, duckdb_wait_seconds: float, echo=print) -> int:
+def run_status(*, as_json: bool, duckdb_wait_seconds: float, echo=print) -> int:
     """Collect, print, return the exit code. Errors become a message and exit code 2, never a
     traceback."""
     from vitals_pipeline.config import ConfigError
@@ -534,7 +501,6 @@ def run_status(*, as_json: bool, recent_runs: int, duckdb_wait_seconds: float, e
                 instance,
                 settings,
                 thresholds,
-                recent_runs=recent_runs,
                 duckdb_wait_seconds=duckdb_wait_seconds,
                 check_keys=check_keys,
             )

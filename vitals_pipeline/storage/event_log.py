@@ -64,6 +64,10 @@ from sqlalchemy.pool import NullPool, QueuePool
 # setting in the environment wins.
 os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
 
+_RUN_ENDED = frozenset(
+    {DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED}
+)
+
 # Engines of the most recently used run shards kept besides the index's: a run writes its own
 # shard; the webserver reads a few at a time. Each kept engine holds one idle connection.
 RUN_SHARD_ENGINES = 16
@@ -263,8 +267,7 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
                 conn.execute(AssetCheckExecutionsTable.insert(), checks)
 
     def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id) -> None:
-        """One PLANNED row per partition of the run, as the stock method writes, with the
-        event serialized once instead of once per partition (8 checks x 288 partitions a day)."""
+        """The PLANNED row(s) of a check a run will evaluate (see _planned_check_rows)."""
         with self.index_connection() as conn:
             conn.execute(
                 AssetCheckExecutionsTable.insert(),
@@ -272,10 +275,21 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
             )
 
     def _planned_check_rows(self, event: EventLogEntry, event_id, serialized: str) -> list[dict]:
+        """One PLANNED row per run for a range run, where the stock class writes one per
+        partition of the range.
+
+        This project's checks are not partitioned: a range run evaluates each check once, and
+        Dagster records that evaluation with no partition. The stock class plans one row per
+        partition of the range, which no evaluation ever completes: the UI lists them as skipped
+        (a day's run left 288 per check) and they cost ~2 KB each. One row with no partition is
+        what the run's evaluation then completes. A single-partition run keeps its one row for
+        that partition, as Dagster attributes its evaluation to the partition."""
         planned = event.get_dagster_event().event_specific_data
         partition_keys = (
             planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
         )
+        if len(partition_keys) > 1:
+            partition_keys = [None]
         common = dict(
             asset_key=planned.asset_key.to_string(),
             check_name=planned.check_name,
@@ -286,6 +300,27 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
             evaluation_event_storage_id=event_id,
         )
         return [{**common, "partition": key} for key in partition_keys]
+
+    def store_event(self, event: EventLogEntry) -> None:
+        super().store_event(event)
+        if event.is_dagster_event and event.dagster_event_type in _RUN_ENDED:
+            self._close_run_shard(event.run_id)
+
+    def _close_run_shard(self, run_id: str) -> None:
+        """A run's shard is complete once its run ended: fold its write-ahead log into the file
+        and drop the log (else it stays beside the shard, as large as the run's events, until
+        something opens the shard again) and let its engine go."""
+        with self._engines_lock:
+            engine = self._engines.pop(run_id, None)
+        if engine is None:
+            return
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:  # noqa: BLE001 - a reader holds it: SQLite checkpoints later
+            pass
+        finally:
+            engine.dispose()
 
     def dispose(self) -> None:
         with self._engines_lock:
