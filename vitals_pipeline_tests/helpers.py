@@ -8,14 +8,17 @@ wire string when it is not a finite number (NULL for JSON null and for numbers).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import threading
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +205,34 @@ def dagster_cli(*args: str, env: Mapping[str, str], timeout: float = 180, **pope
         text=True,
         **popen,
     )
+
+
+class Receiver:
+    """A real HTTP endpoint on 127.0.0.1 that records what it is sent."""
+
+    def __init__(self, status: int = 200):
+        self.bodies: list[dict] = []
+        self.status = status
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/T000/SECRET"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
