@@ -65,7 +65,8 @@ def _fault_value(text: str) -> object:
 @click.option("--cache-mb", default=256, show_default=True, type=click.IntRange(min=1),
               help="Memory for rendered minutes; ~720 MB holds a day of a 4,500-point/60 s site.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=VALUE",
-              help='Set a Faults field, e.g. --fault rate_limit_every=5 --fault script=\'["429"]\'.')
+              help='Set a Faults field, e.g. --fault rate_limit_every=5 --fault script=\'["429"]\' '
+                   '--fault site_status=\'{"s0007": 503}\' --fault site_slow_seconds=\'{"s0003": 5}\'.')
 def simulate(host: str, port: int, sites: str | None, site_count: int, points: int,
              site_points: tuple[str, ...],
              interval: int, seed: int, api_key: str, end_inclusive: bool, cursor_defect: bool,

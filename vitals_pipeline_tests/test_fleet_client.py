@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import dagster as dg
 import pytest
 
 from vitals_pipeline.ace.client import (
@@ -22,6 +23,7 @@ from vitals_pipeline.ace.client import (
 )
 from vitals_pipeline.ace.session import AceSession
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
+from vitals_pipeline.resources import AceResource
 from vitals_pipeline_tests.conftest import SIM_KEY
 
 START = datetime(2026, 3, 9, 10, 0, tzinfo=UTC)
@@ -159,7 +161,7 @@ def test_a_retry_that_would_pass_the_deadline_is_not_slept(fleet):
         with pytest.raises(AceBudgetExceeded, match="last error: HTTP 503") as err:
             rows_of(client, SITES[0])
     assert time.monotonic() - began < 1.0  # the 2-4 s backoff would pass the deadline: fail now
-    assert "before its next retry" in str(err.value)
+    assert "next retry would start after the deadline" in str(err.value)
     assert server.stats["sites"] == {SITES[0]: 1}
 
 
@@ -169,7 +171,7 @@ def test_a_pause_past_a_site_s_deadline_fails_that_site_at_once(fleet):
         session.gate.slow_down(5.0)
         client = session.client(budget_seconds=1.0)
         began = time.monotonic()
-        with pytest.raises(AceBudgetExceeded, match="429 pause"):
+        with pytest.raises(AceBudgetExceeded, match="the run.s 429 pause"):
             rows_of(client, SITES[1])
         assert time.monotonic() - began < 0.5
     assert server.stats["requests"] == 0
@@ -224,3 +226,22 @@ def test_fetch_pieces_of_a_session_client_stop_at_the_deadline(fleet):
             )
     assert time.monotonic() - began < 1.6
     assert "page(s)" in str(err.value)
+
+
+def test_the_resource_opens_a_session_with_its_settings(fleet, monkeypatch):
+    sim, server = fleet
+    sim.faults.slow_seconds = 0.05
+    monkeypatch.setenv("ACE_API_KEY", SIM_KEY)
+    resource = AceResource(api_url=server.url, page_size=50, max_in_flight=2)
+    with resource.session() as session:
+        results = fetch_all_sites(session, SITES[:4])
+        assert session.gate.max_in_flight == 2 and session.gate_stats.peak_in_flight == 2
+    assert all(results[site][0] == truth(sim, site) for site in SITES[:4])
+    assert server.stats["max_in_flight"] == 2
+    with resource.session(max_in_flight=5) as session:
+        assert session.gate.max_in_flight == 5
+    with resource.client() as client:  # single calls: its own pool, no gate
+        assert client.gate is None and rows_of(client, SITES[0]) == truth(sim, SITES[0])
+    monkeypatch.delenv("ACE_API_KEY")
+    with pytest.raises(dg.Failure, match="ACE_API_KEY is not set"), resource.session():
+        pass

@@ -231,7 +231,9 @@ class AceClient:
         http: httpx.Client | None = None,
     ) -> None:
         if http is not None and api_key:
-            raise ValueError("give AceClient an api_key or a shared http pool (which carries it), not both")
+            raise ValueError(
+                "give AceClient an api_key or a shared http pool (which carries it), not both"
+            )
         if http is None and not api_key:
             raise AceAuthError(MISSING_KEY_MESSAGE)
         self.page_size = wire.check_page_size(page_size)
@@ -295,7 +297,9 @@ class AceClient:
             return retrying(call.attempt)
         except _Transient as exc:
             if call.out_of_time:
-                raise self._budget_exceeded(what, "before its next retry") from None
+                raise self._budget_exceeded(
+                    what, "its next retry would start after the deadline"
+                ) from None
             if exc.unreachable:
                 raise AceUnreachableError(
                     f"{what}: cannot connect to ACE at {self.base_url} ({exc.reason}; "
@@ -316,7 +320,7 @@ class AceClient:
         The gate slot is held from send until the body is read: that is what loads ACE. `stats`
         gets the time waited at the gate and the time the request took, apart.
         """
-        self._time_left_or_raise(what, "before sending a request")
+        self._time_left_or_raise(what)
         if self.gate is not None:
             waited = time.perf_counter()
             admitted = self.gate.acquire(self.deadline)
@@ -324,7 +328,7 @@ class AceClient:
                 stats.gate_wait_seconds += time.perf_counter() - waited
             if not admitted:
                 raise self._budget_exceeded(
-                    what, "waiting for a request slot or for the end of a 429 pause of the run"
+                    what, "waiting for a request slot or for the end of the run's 429 pause"
                 )
         started = time.perf_counter()
         try:
@@ -341,16 +345,16 @@ class AceClient:
     def _request_timeout(self, what: str) -> httpx.Timeout:
         limit = self.timeout
         if self.deadline is not None:
-            limit = min(limit, self._time_left_or_raise(what, "before sending a request"))
+            limit = min(limit, self._time_left_or_raise(what))
         return httpx.Timeout(limit, connect=min(limit, 10.0))
 
-    def _time_left_or_raise(self, what: str, doing: str) -> float:
+    def _time_left_or_raise(self, what: str) -> float:
         """Seconds left before the deadline (inf without one); AceBudgetExceeded when none."""
         if self.deadline is None:
             return float("inf")
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise self._budget_exceeded(what, doing)
+            raise self._budget_exceeded(what, "no time left to send the next request")
         return left
 
     def _note_page(self) -> None:
@@ -361,12 +365,12 @@ class AceClient:
         with self._progress_lock:
             self._last_error = reason
 
-    def _budget_exceeded(self, what: str, doing: str) -> AceBudgetExceeded:
+    def _budget_exceeded(self, what: str, why: str) -> AceBudgetExceeded:
         budget = (self.deadline or self._started) - self._started
         with self._progress_lock:
             pages, requests, last = self._pages, self._requests, self._last_error
         return AceBudgetExceeded(
-            f"{what}: the site's time budget of {budget:.1f}s ran out {doing}, after "
+            f"{what}: the site's time budget of {budget:.1f}s ran out ({why}) after "
             f"{pages} page(s) and {requests} request(s) (last error: {last or 'none'}). "
             "The window is fetched again by the next tick (or the catch-up run); if the site "
             "is always this slow, give it a larger budget."
