@@ -22,6 +22,12 @@ def _parse_pairs(values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def fleet_site_names(count: int) -> list[str]:
+    """s0000 ... s{count-1}: zero-padded (to 4 digits or more) so that they sort in order."""
+    width = max(4, len(str(count - 1)))
+    return [f"s{i:0{width}d}" for i in range(count)]
+
+
 def _fault_value(text: str) -> object:
     """JSON if it parses (numbers, true, lists, objects), else the text itself."""
     try:
@@ -34,8 +40,12 @@ def _fault_value(text: str) -> object:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8765, show_default=True, type=int,
               help="Port to listen on (0 picks a free one; the line printed at start says which).")
-@click.option("--sites", default="demo_office,demo_lab", show_default=True,
-              help="Comma-separated site names.")
+@click.option("--sites", default=None,
+              help="Comma-separated site names [default: demo_office,demo_lab, unless "
+                   "--site-count is given].")
+@click.option("--site-count", default=0, type=click.IntRange(min=0), metavar="N",
+              help="Add N sites named s0000, s0001, ... (a fleet; sites are built on first use, "
+                   "so 1,000 start at once).")
 @click.option("--points", default=150, show_default=True, type=click.IntRange(min=1),
               help="Points per site.")
 @click.option("--site-points", multiple=True, metavar="SITE=N",
@@ -55,12 +65,17 @@ def _fault_value(text: str) -> object:
 @click.option("--cache-mb", default=256, show_default=True, type=click.IntRange(min=1),
               help="Memory for rendered minutes; ~720 MB holds a day of a 4,500-point/60 s site.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=VALUE",
-              help='Set a Faults field, e.g. --fault rate_limit_every=5 --fault script=\'["429"]\'.')
-def simulate(host: str, port: int, sites: str, points: int, site_points: tuple[str, ...],
+              help='Set a Faults field, e.g. --fault rate_limit_every=5 --fault script=\'["429"]\' '
+                   '--fault site_status=\'{"s0007": 503}\' --fault site_slow_seconds=\'{"s0003": 5}\'.')
+def simulate(host: str, port: int, sites: str | None, site_count: int, points: int,
+             site_points: tuple[str, ...],
              interval: int, seed: int, api_key: str, end_inclusive: bool, cursor_defect: bool,
              no_weather: bool, now: str | None, cache_mb: int, faults: tuple[str, ...]) -> None:
     """Serve a simulated ACE IoT API (deterministic buildings, ACE's quirks, injectable faults)."""
+    if sites is None:
+        sites = "" if site_count else "demo_office,demo_lab"
     names = [s.strip() for s in sites.split(",") if s.strip()]
+    names += [name for name in fleet_site_names(site_count) if name not in names]
     overrides: dict[str, int] = {}
     for name, value in _parse_pairs(site_points, "--site-points"):
         try:

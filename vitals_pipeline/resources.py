@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 from pydantic import Field
 
 from vitals_pipeline.ace import wire
 from vitals_pipeline.ace.client import AceClient, RetrySettings
+from vitals_pipeline.ace.session import AceSession
 from vitals_pipeline.config import DEFAULT_API_URL
 
 
@@ -26,8 +29,43 @@ class AceResource(dg.ConfigurableResource):
     max_attempts: int = 8
     retry_budget_seconds: float = 300.0
 
+    max_in_flight: int = Field(
+        default=16,
+        ge=1,
+        description="Requests in flight at once across all the sites of a run (session()).",
+    )
+
     def client(self) -> AceClient:
-        """An open client; raises a non-retryable Failure when the key is missing."""
+        """An open client with its own connection pool and no gate, for single calls; raises a
+        non-retryable Failure when the key is missing."""
+        return AceClient(
+            self.api_url,
+            self._api_key(),
+            page_size=self.page_size,
+            timeout=self.timeout_seconds,
+            retry=self._retry_settings(),
+        )
+
+    @contextmanager
+    def session(self, max_in_flight: int | None = None) -> Iterator[AceSession]:
+        """One connection pool and one RequestGate for all the sites of a run:
+        `session.client(deadline=...)` per site, from any thread; `session.gate_stats` for the
+        run's figures. `max_in_flight` defaults to the resource's. Raises a non-retryable
+        Failure when the key is missing."""
+        with AceSession(
+            self.api_url,
+            self._api_key(),
+            max_in_flight=max_in_flight or self.max_in_flight,
+            page_size=self.page_size,
+            timeout=self.timeout_seconds,
+            retry=self._retry_settings(),
+        ) as session:
+            yield session
+
+    def _retry_settings(self) -> RetrySettings:
+        return RetrySettings(max_attempts=self.max_attempts, budget_seconds=self.retry_budget_seconds)
+
+    def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env, "").strip()
         if not key:
             raise dg.Failure(
@@ -38,12 +76,4 @@ class AceResource(dg.ConfigurableResource):
                 ),
                 allow_retries=False,
             )
-        return AceClient(
-            self.api_url,
-            key,
-            page_size=self.page_size,
-            timeout=self.timeout_seconds,
-            retry=RetrySettings(
-                max_attempts=self.max_attempts, budget_seconds=self.retry_budget_seconds
-            ),
-        )
+        return key

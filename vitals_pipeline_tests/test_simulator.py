@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
@@ -484,6 +485,103 @@ def test_empty_duplicate_and_outside_window_pages(sim, http):
 
 
 # ---------------------------------------------------------------------------------------------
+# Fleet faults: one site failing or slow, latency on every route, concurrency, per-site stats
+
+
+POINT = f"{OFFICE}/gw1/10.0.0.10-1001/analogInput/1"
+OFFICE_ROUTES = (f"sites/{OFFICE}{TS}", f"sites/{OFFICE}/configured_points", f"sites/{OFFICE}",
+                 f"sites/{OFFICE}/weather", f"points/{seg(POINT)}/timeseries")
+
+
+def test_site_status_answers_every_route_of_that_site_like_ace(sim, server, http):
+    sim.faults.update({"site_status": {OFFICE: 503}, "retry_after": 2})
+    for path in OFFICE_ROUTES:
+        r = http.get(path, params=window())
+        assert r.status_code == 503 and r.headers["content-type"].startswith("text/html"), path
+        assert b"503 Service Temporarily Unavailable" in r.content
+    assert http.get(f"sites/{seg(LAB)}{TS}", params=window()).status_code == 200
+    assert http.get("sites/").status_code == 200  # about no one site: never faulted
+    stats = server.stats
+    assert stats["sites"] == {OFFICE: len(OFFICE_ROUTES), LAB: 1}
+    assert stats["statuses"] == {503: len(OFFICE_ROUTES), 200: 2}
+
+    sim.faults.site_status = {OFFICE: 403}
+    r = http.get(f"sites/{OFFICE}{TS}", params=window())
+    assert r.status_code == 403 and set(r.json()) >= {"id", "name"}
+    assert all(v is None for v in r.json().values())  # ACE's answer for an unknown site
+    sim.faults.site_status = {OFFICE: 500}
+    r = http.get(f"sites/{OFFICE}/weather")
+    assert r.status_code == 500 and r.json() == {"message": "Internal Server Error"}
+    sim.faults.site_status = {OFFICE: 429}
+    r = http.get(f"sites/{OFFICE}/configured_points")
+    assert r.status_code == 429 and r.headers["retry-after"] == "2"
+    sim.faults.site_status = {}
+    assert http.get(f"sites/{OFFICE}{TS}", params=window()).status_code == 200
+    assert sim.faults.script == []  # a site's status does not use up scripted faults
+
+
+def test_latency_applies_to_every_route_and_a_slow_site_is_slow_alone(sim, http):
+    sim.faults.slow_seconds = 0.2
+    for path in (*OFFICE_ROUTES, "sites/"):
+        began = time.perf_counter()
+        assert http.get(path, params=window()).status_code == 200, path
+        assert time.perf_counter() - began >= 0.2, path
+    sim.faults.slow_seconds = 0
+    sim.faults.site_slow_seconds = {LAB: 0.4}
+    began = time.perf_counter()
+    assert http.get(f"sites/{seg(LAB)}/configured_points").status_code == 200
+    assert time.perf_counter() - began >= 0.4
+    began = time.perf_counter()
+    assert http.get(f"sites/{OFFICE}/configured_points").status_code == 200
+    assert time.perf_counter() - began < 0.3
+
+
+def test_slow_requests_on_separate_connections_are_served_concurrently(sim, server):
+    sim.faults.slow_seconds = 0.5
+    n = 12
+
+    def one(i: int) -> int:
+        # A client each: a connection each, as the sites of a fleet run have.
+        with httpx.Client(base_url=server.url + "/", headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=10) as client:
+            return client.get(OFFICE_ROUTES[i % len(OFFICE_ROUTES)], params=window()).status_code
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        statuses = list(pool.map(one, range(n)))
+    elapsed = time.perf_counter() - began
+    assert statuses == [200] * n
+    assert elapsed < 0.5 * n / 3, elapsed  # served one after another it would take 6 s
+    stats = server.stats
+    assert stats["max_in_flight"] == n and stats["in_flight"] == 0 and stats["connections"] == n
+
+
+def test_fleet_fault_fields_are_validated():
+    faults = Faults()
+    faults.update({"site_status": {"s1": 503}, "site_slow_seconds": {"s2": 1}})
+    assert faults.site_status == {"s1": 503} and faults.site_slow_seconds == {"s2": 1.0}
+    for bad in ({"site_status": 503}, {"site_status": {"s1": 200}},
+                {"site_status": {"s1": "503"}}, {"site_status": {"s1": 503.5}},
+                {"site_slow_seconds": {"s1": -1}}, {"site_slow_seconds": [1]}):
+        with pytest.raises(ValueError, match="site_s"):
+            faults.update(bad)
+    faults.reset()
+    assert faults.site_status == {} and faults.site_slow_seconds == {}
+
+
+def test_site_models_are_built_on_first_use():
+    sim = make_sim(sites=[SiteSpec(f"s{i:04d}", points=120, seed=i) for i in range(1000)])
+    assert sim.sites_built == 0
+    assert len(sim.sites()) == 1000 and sim.site("s0999")["id"] == 1000
+    assert sim.weather("s0005") is not None and sim.sites_built == 0  # from the spec alone
+    name = sim.points("s0500")[7]["name"]
+    assert sim.sites_built == 1
+    assert sim.point_site(name) == "s0500" and sim.sites_built == 1
+    assert sim.point_site("s0001/no/such/point") is None and sim.sites_built == 2
+    assert sim.point_site("nosite/x") is None and sim.sites_built == 2
+
+
+# ---------------------------------------------------------------------------------------------
 # Data faults: they change the ground truth, and the simulator says which points they hit
 
 
@@ -540,6 +638,10 @@ def test_admin_routes(sim, server, http):
     r = httpx.get(f"{admin}/ground_truth", params={"site": LAB, **window()})
     assert [tuple(x) for x in r.json()] == sim.ground_truth(LAB, START, END)
     assert httpx.get(f"{admin}/ground_truth", params={"site": "x", **window()}).status_code == 404
+    r = httpx.post(f"{admin}/faults", json={"site_status": {LAB: 503}, "site_slow_seconds": {LAB: 0.1}})
+    assert r.status_code == 200 and r.json()["site_status"] == {LAB: 503}
+    assert sim.faults.site_slow_seconds == {LAB: 0.1}
+    assert httpx.post(f"{admin}/faults", json={"site_status": {LAB: "x"}}).status_code == 400
     r = httpx.post(f"{admin}/reset")
     assert r.status_code == 200 and sim.faults == Faults() and server.stats["requests"] == 0
     assert httpx.post(f"{admin}/clock", json={"now": None}).json()["pinned"] is False
@@ -563,6 +665,28 @@ def test_cli_serves_until_sigterm():
         assert points.status_code == 503  # the scripted fault
         points = httpx.get(f"{url}/sites/c/points", params={"per_page": 100}, headers=headers)
         assert points.json()["total"] == 30
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def test_cli_serves_a_fleet_of_counted_sites_with_one_failing():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitals_pipeline.cli_simulate", "--port", "0", "--site-count", "3",
+         "--sites", "x", "--points", "20", "--api-key", "k",
+         "--fault", 'site_status={"s0001": 503}'],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[1]
+        headers = {"Authorization": "Bearer k"}
+        sites = httpx.get(f"{url}/sites/", headers=headers, timeout=5).json()
+        assert [s["name"] for s in sites["items"]] == ["x", "s0000", "s0001", "s0002"]
+        stats_url = url.removesuffix("/api") + "/_sim/stats"
+        assert httpx.get(stats_url).json()["sites_built"] == 0
+        assert httpx.get(f"{url}/sites/s0001/points", headers=headers).status_code == 503
+        points = httpx.get(f"{url}/sites/s0002/points", params={"per_page": 100}, headers=headers)
+        assert points.status_code == 200 and points.json()["total"] == 20
+        assert httpx.get(stats_url).json()["sites_built"] == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0

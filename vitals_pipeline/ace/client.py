@@ -1,4 +1,4 @@
-"""An httpx client for the ACE IoT API, built to its real behaviour (see shared/ace-api.md).
+"""An httpx client for the ACE IoT API, built to its real (observed) behaviour.
 
 - The cursor is computed here, never taken from the server (ACE's cursor repeats a page forever
   when a page starts and ends inside one timestamp).
@@ -7,6 +7,9 @@
   400/401/403/404. ACE answers an invalid key with a 500: retried once, then reported as a key
   problem.
 - The API key travels only in the Authorization header: it is never put in a message.
+- Fleets: the clients of one run (`AceSession`) share one connection pool and one
+  `RequestGate` (a cap on requests in flight, and a 429 pauses every site); each client may have
+  a deadline (the site's time budget), after which it raises AceBudgetExceeded.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +38,7 @@ from tenacity import (
 )
 
 from vitals_pipeline.ace import wire
+from vitals_pipeline.ace.gate import RequestGate
 from vitals_pipeline.ace.parse import WIRE_SCHEMA, Page, PageFormatError, parse_page
 
 log = logging.getLogger("vitals_pipeline.ace")
@@ -46,6 +51,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRUNCATIONS_BEFORE_SHRINK = 2
 # Attempts when no connection can be made at all (refused, unknown host), ~1 s in all.
 CONNECT_ATTEMPTS = 3
+MISSING_KEY_MESSAGE = "no ACE API key: set ACE_API_KEY to your ACE token (Flightdeck > API keys)"
 
 
 class AceError(Exception):
@@ -77,6 +83,13 @@ class AceProtocolError(AceError):
     """ACE broke its own paging contract (e.g. the same page twice)."""
 
 
+class AceBudgetExceeded(AceError):
+    """The site's time budget (`AceClient(deadline=...)`) ran out before its fetch finished.
+
+    Permanent for this run only: the next tick or the catch-up fetches the window again.
+    """
+
+
 class _Transient(Exception):
     """One attempt failed in a way a retry may fix."""
 
@@ -86,9 +99,11 @@ class _Transient(Exception):
         retry_after: float | None = None,
         truncated: bool = False,
         unreachable: bool = False,
+        status: int | None = None,
     ):
         super().__init__(reason)
         self.reason = reason
+        self.status = status
         self.retry_after = retry_after
         self.truncated = truncated
         self.unreachable = unreachable
@@ -101,16 +116,18 @@ class FetchStats:
     pages: int = 0
     requests: int = 0
     retries: int = 0
-    api_seconds: float = 0.0
+    api_seconds: float = 0.0  # sending and reading, not waiting at the gate
     bytes: int = 0
     page_size: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)
+    gate_wait_seconds: float = 0.0  # waiting at the run's RequestGate (a slot, a 429 pause)
 
     def merge(self, other: FetchStats) -> None:
         self.pages += other.pages
         self.requests += other.requests
         self.retries += other.retries
         self.api_seconds += other.api_seconds
+        self.gate_wait_seconds += other.gate_wait_seconds
         self.bytes += other.bytes
         for reason, n in other.retry_reasons.items():
             self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + n
@@ -173,41 +190,76 @@ class CursorTracker:
         return wire.Cursor(wire.parse_wire_time(last), len(self._names))
 
 
+def http_pool(
+    base_url: str, api_key: str, timeout: float, limits: httpx.Limits | None = None
+) -> httpx.Client:
+    """The httpx client (connection pool) that carries the key in its Authorization header."""
+    return httpx.Client(
+        base_url=base_url.rstrip("/") + "/",
+        headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        follow_redirects=True,
+        limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    )
+
+
 class AceClient:
-    """A synchronous ACE API client. Use as a context manager, or call close()."""
+    """A synchronous ACE API client for one site's fetches. Use as a context manager, or call
+    close().
+
+    Alone (`AceClient(url, key)`) it has its own connection pool and no gate. For a fleet, an
+    `AceSession` hands out one client per site that share the session's pool and `RequestGate`
+    (`http=` and `gate=`); such a client does not close the pool.
+
+    deadline: a `time.monotonic()` value: the site's time budget. Every request's timeout is
+    capped by the time left, no retry sleeps past it, a gate wait stops at it, and once it is
+    reached the client raises `AceBudgetExceeded`.
+    """
 
     def __init__(
         self,
         base_url: str,
-        api_key: str,
+        api_key: str | None = None,
         *,
         page_size: int = wire.DEFAULT_PAGE_SIZE,
         timeout: float = 60.0,
         retry: RetrySettings | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
+        deadline: float | None = None,
+        gate: RequestGate | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
-        if not api_key:
-            raise AceAuthError(
-                "no ACE API key: set ACE_API_KEY to your ACE token (Flightdeck > API keys)"
+        if http is not None and api_key:
+            raise ValueError(
+                "give AceClient an api_key or a shared http pool (which carries it), not both"
             )
+        if http is None and not api_key:
+            raise AceAuthError(MISSING_KEY_MESSAGE)
         self.page_size = wire.check_page_size(page_size)
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetrySettings()
+        self.timeout = timeout
+        self.deadline = deadline
+        self.gate = gate
         self._sleep = sleep
         self._rng = random.Random(seed)
-        self._http = httpx.Client(
-            base_url=self.base_url + "/",
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            follow_redirects=True,
-        )
+        self._owns_http = http is None
+        self._http = http if http is not None else http_pool(self.base_url, api_key or "", timeout)
+        # How far this client got, for the message when its budget runs out (several threads
+        # of fetch_pieces report here).
+        self._started = time.monotonic()
+        self._progress_lock = threading.Lock()
+        self._pages = 0
+        self._requests = 0
+        self._last_error: str | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"AceClient({self.base_url!r}, page_size={self.page_size})"
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
 
     def __enter__(self) -> AceClient:
         return self
@@ -228,97 +280,26 @@ class AceClient:
         """GET `path` with retries; `parse` turns the body into a result or raises PageFormatError.
 
         `params` may be a callable so that an attempt after a page-size shrink asks for the
-        smaller size.
+        smaller size. The attempts and their retry decisions are `_Call`'s.
         """
-        bad_key_seen = 0
-        truncations = 0
-
-        def attempt():
-            nonlocal bad_key_seen
-            query = params() if callable(params) else params
-            stats.requests += 1
-            started = time.perf_counter()
-            try:
-                response = self._http.get(path, params=query)
-                body = response.content
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                # RemoteProtocolError (body cut off mid-stream) is a TransportError too.
-                cut = isinstance(exc, httpx.RemoteProtocolError)
-                raise _Transient(
-                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-                    truncated=cut,
-                    unreachable=isinstance(exc, httpx.ConnectError),
-                ) from exc
-            finally:
-                stats.api_seconds += time.perf_counter() - started
-            stats.bytes += len(body)
-            status = response.status_code
-            if status == 200:
-                try:
-                    return parse(body)
-                except (PageFormatError, orjson.JSONDecodeError) as exc:
-                    raise _Transient(f"unreadable 200 body: {exc}", truncated=True) from exc
-            message = _message_of(body)
-            if status == 500 and message == INVALID_KEY_MESSAGE:
-                bad_key_seen += 1
-                if bad_key_seen >= 2:
-                    raise AceAuthError(
-                        f"ACE answered {what} with HTTP 500 '{INVALID_KEY_MESSAGE}' twice: this is "
-                        "how ACE answers an invalid or expired API key. Check ACE_API_KEY."
-                    )
-                raise _Transient("HTTP 500 (possibly an invalid API key)")
-            if status in RETRY_STATUSES:
-                raise _Transient(
-                    f"HTTP {status}", retry_after=parse_retry_after(response.headers.get("Retry-After"))
-                )
-            raise _classify(status, message, what)
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = backoff_seconds(state.attempt_number, self.retry, self._rng)
-            if isinstance(exc, _Transient) and exc.retry_after is not None:
-                delay = min(max(exc.retry_after, 0.0), self.retry.max_backoff * 2)
-            return delay
-
-        def before_sleep(state: RetryCallState) -> None:
-            nonlocal truncations
-            exc = state.outcome.exception()
-            stats.retries += 1
-            reason = exc.reason.split(":")[0] if isinstance(exc, _Transient) else type(exc).__name__
-            stats.retry_reasons[reason] = stats.retry_reasons.get(reason, 0) + 1
-            truncations = truncations + 1 if getattr(exc, "truncated", False) else 0
-            if truncations >= TRUNCATIONS_BEFORE_SHRINK:
-                smaller = wire.smaller_page_size(self.page_size)
-                if smaller is not None:
-                    log.warning(
-                        "%s: %d truncated responses in a row at page_size %d; stepping down to %d",
-                        what, truncations, self.page_size, smaller,
-                    )
-                    self.page_size = smaller
-                    stats.page_size = smaller
-                truncations = 0
-            log.info(
-                "%s: attempt %d failed (%s); retrying in %.1fs",
-                what, state.attempt_number, exc, state.upcoming_sleep,
-            )
-
-        def unreachable(state: RetryCallState) -> bool:
-            exc = state.outcome.exception() if state.outcome else None
-            return getattr(exc, "unreachable", False) and state.attempt_number >= CONNECT_ATTEMPTS
-
+        call = _Call(self, path, params, what, stats, parse)
         retrying = Retrying(
             stop=stop_after_attempt(self.retry.max_attempts)
             | stop_after_delay(self.retry.budget_seconds)
-            | unreachable,
-            wait=wait,
+            | call.stop,
+            wait=call.delay,
             retry=retry_if_exception_type(_Transient),
-            before_sleep=before_sleep,
+            before_sleep=call.before_retry,
             sleep=self._sleep,
             reraise=True,
         )
         try:
-            return retrying(attempt)
+            return retrying(call.attempt)
         except _Transient as exc:
+            if call.out_of_time:
+                raise self._budget_exceeded(
+                    what, "its next retry would start after the deadline"
+                ) from None
             if exc.unreachable:
                 raise AceUnreachableError(
                     f"{what}: cannot connect to ACE at {self.base_url} ({exc.reason}; "
@@ -330,6 +311,70 @@ class AceClient:
                 f"{self.retry.budget_seconds:.0f}s (last: {exc.reason}). Check ACE_API_URL "
                 f"({self.base_url}) and ACE's status, then re-run the window."
             ) from None
+
+    def _request(
+        self, path: str, query: dict, what: str, stats: FetchStats | None = None
+    ) -> httpx.Response:
+        """One GET through the gate, its body read, its timeout capped by the time left.
+
+        The gate slot is held from send until the body is read: that is what loads ACE. `stats`
+        gets the time waited at the gate and the time the request took, apart.
+        """
+        self._time_left_or_raise(what)
+        if self.gate is not None:
+            waited = time.perf_counter()
+            admitted = self.gate.acquire(self.deadline)
+            if stats is not None:
+                stats.gate_wait_seconds += time.perf_counter() - waited
+            if not admitted:
+                raise self._budget_exceeded(
+                    what, "waiting for a request slot or for the end of the run's 429 pause"
+                )
+        started = time.perf_counter()
+        try:
+            timeout = self._request_timeout(what)
+            with self._progress_lock:
+                self._requests += 1
+            return self._http.get(path, params=query, timeout=timeout)
+        finally:
+            if stats is not None:
+                stats.api_seconds += time.perf_counter() - started
+            if self.gate is not None:
+                self.gate.release()
+
+    def _request_timeout(self, what: str) -> httpx.Timeout:
+        limit = self.timeout
+        if self.deadline is not None:
+            limit = min(limit, self._time_left_or_raise(what))
+        return httpx.Timeout(limit, connect=min(limit, 10.0))
+
+    def _time_left_or_raise(self, what: str) -> float:
+        """Seconds left before the deadline (inf without one); AceBudgetExceeded when none."""
+        if self.deadline is None:
+            return float("inf")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._budget_exceeded(what, "no time left to send the next request")
+        return left
+
+    def _note_page(self) -> None:
+        with self._progress_lock:
+            self._pages += 1
+
+    def _note_error(self, reason: str) -> None:
+        with self._progress_lock:
+            self._last_error = reason
+
+    def _budget_exceeded(self, what: str, why: str) -> AceBudgetExceeded:
+        budget = (self.deadline or self._started) - self._started
+        with self._progress_lock:
+            pages, requests, last = self._pages, self._requests, self._last_error
+        return AceBudgetExceeded(
+            f"{what}: the site's time budget of {budget:.1f}s ran out ({why}) after "
+            f"{pages} page(s) and {requests} request(s) (last error: {last or 'none'}). "
+            "The window is fetched again by the next tick (or the catch-up run); if the site "
+            "is always this slow, give it a larger budget."
+        )
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -397,6 +442,7 @@ class AceClient:
                 )
             previous_signature = signature
             stats.pages += 1
+            self._note_page()
             yield page.columns
             if not page.has_more:
                 return
@@ -408,7 +454,8 @@ class AceClient:
         None when the site has no weather feed: ACE then answers 404 with the same shape and every
         member null. Any other 404 (an HTML page: a wrong ACE_API_URL) and the 403 of an unknown
         site raise AceNotFoundError as usual. `_get` keeps no error body, so a 404 is confirmed by
-        reading the body once more (one extra request, only for sites without a feed).
+        reading the body once more (one extra request, only for sites without a feed; through the
+        gate and within the deadline like any other).
         """
         path = f"sites/{_segment(site)}/weather"
         stats = stats if stats is not None else FetchStats()
@@ -416,8 +463,8 @@ class AceClient:
             return self._get(path, {}, f"weather of site {site!r}", stats)
         except AceNotFoundError:
             try:
-                response = self._http.get(path)
                 stats.requests += 1
+                response = self._request(path, {}, f"weather of site {site!r}", stats)
                 doc = orjson.loads(response.content) if response.status_code == 404 else None
             except (httpx.HTTPError, orjson.JSONDecodeError):
                 doc = None
@@ -478,6 +525,119 @@ class AceClient:
         return results
 
 
+class _Call:
+    """One GET of an `AceClient` with its retries: the state they share, and the hooks the
+    retry loop (tenacity) calls: `attempt`, `delay`, `stop`, `before_retry`."""
+
+    def __init__(
+        self,
+        client: AceClient,
+        path: str,
+        params: dict | Callable[[], dict],
+        what: str,
+        stats: FetchStats,
+        parse: Callable[[bytes], object],
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.params = params
+        self.what = what
+        self.stats = stats
+        self.parse = parse
+        self.bad_key_answers = 0
+        self.truncations = 0  # truncated bodies in a row
+        self.out_of_time = False  # stopped because the next retry would pass the deadline
+
+    def attempt(self):
+        """One request; its result, or _Transient (retry) or an AceError (do not)."""
+        query = self.params() if callable(self.params) else self.params
+        self.stats.requests += 1
+        try:
+            response = self.client._request(self.path, query, self.what, self.stats)
+            body = response.content
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            # RemoteProtocolError (body cut off mid-stream) is a TransportError too.
+            raise self._failed(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                truncated=isinstance(exc, httpx.RemoteProtocolError),
+                unreachable=isinstance(exc, httpx.ConnectError),
+            ) from exc
+        self.stats.bytes += len(body)
+        return self._result(response, body)
+
+    def _result(self, response: httpx.Response, body: bytes):
+        status = response.status_code
+        if status == 200:
+            try:
+                return self.parse(body)
+            except (PageFormatError, orjson.JSONDecodeError) as exc:
+                raise self._failed(f"unreadable 200 body: {exc}", truncated=True) from exc
+        message = _message_of(body)
+        if status == 500 and message == INVALID_KEY_MESSAGE:
+            # ACE's answer to an invalid key, but also (rarely) a real server error: once more.
+            self.bad_key_answers += 1
+            if self.bad_key_answers >= 2:
+                raise AceAuthError(
+                    f"ACE answered {self.what} with HTTP 500 '{INVALID_KEY_MESSAGE}' twice: this "
+                    "is how ACE answers an invalid or expired API key. Check ACE_API_KEY."
+                )
+            raise self._failed("HTTP 500 (possibly an invalid API key)", status=status)
+        if status in RETRY_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise self._failed(f"HTTP {status}", retry_after=retry_after, status=status)
+        raise _classify(status, message, self.what)
+
+    def _failed(self, reason: str, **details) -> _Transient:
+        self.client._note_error(reason)
+        return _Transient(reason, **details)
+
+    def delay(self, state: RetryCallState) -> float:
+        """Seconds before the next attempt: ACE's Retry-After if it sent one, else backoff."""
+        exc = state.outcome.exception() if state.outcome else None
+        delay = backoff_seconds(state.attempt_number, self.client.retry, self.client._rng)
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            delay = min(max(exc.retry_after, 0.0), self.client.retry.max_backoff * 2)
+        if isinstance(exc, _Transient) and exc.status == 429 and self.client.gate is not None:
+            # A 429 is about the key, not this site: every client of the gate waits it out.
+            self.client.gate.slow_down(delay)
+        return delay
+
+    def stop(self, state: RetryCallState) -> bool:
+        """Stop early: a host that refuses connections, or a retry that would pass the deadline
+        (sleeping up to it only to fail there would hold a worker for nothing)."""
+        exc = state.outcome.exception() if state.outcome else None
+        if getattr(exc, "unreachable", False) and state.attempt_number >= CONNECT_ATTEMPTS:
+            return True
+        deadline = self.client.deadline
+        if deadline is not None and time.monotonic() + (state.upcoming_sleep or 0) >= deadline:
+            self.out_of_time = True
+            return True
+        return False
+
+    def before_retry(self, state: RetryCallState) -> None:
+        """Count the retry and its reason; step the page size down after repeated truncation."""
+        exc = state.outcome.exception()
+        stats, client = self.stats, self.client
+        stats.retries += 1
+        reason = exc.reason.split(":")[0] if isinstance(exc, _Transient) else type(exc).__name__
+        stats.retry_reasons[reason] = stats.retry_reasons.get(reason, 0) + 1
+        self.truncations = self.truncations + 1 if getattr(exc, "truncated", False) else 0
+        if self.truncations >= TRUNCATIONS_BEFORE_SHRINK:
+            smaller = wire.smaller_page_size(client.page_size)
+            if smaller is not None:
+                log.warning(
+                    "%s: %d truncated responses in a row at page_size %d; stepping down to %d",
+                    self.what, self.truncations, client.page_size, smaller,
+                )
+                client.page_size = smaller
+                stats.page_size = smaller
+            self.truncations = 0
+        log.info(
+            "%s: attempt %d failed (%s); retrying in %.1fs",
+            self.what, state.attempt_number, exc, state.upcoming_sleep,
+        )
+
+
 def _segment(name: str) -> str:
     """Percent-encode a site or point name as ONE path segment (`/` -> %2F)."""
     return quote(name, safe="")
@@ -532,5 +692,6 @@ PERMANENT_ERRORS: tuple[type[Exception], ...] = (
     AceNotFoundError,
     AceRequestError,
     AceUnreachableError,
+    AceBudgetExceeded,
     wire.PageSizeError,
 )

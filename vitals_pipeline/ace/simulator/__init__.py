@@ -11,6 +11,9 @@
 - faults.py: transport faults (the ground truth does not change) and data faults (it does).
 - server.py: the standard library's threaded HTTP server speaking the ACE routes, plus admin
   routes without auth under /_sim (faults, clock, stats, reset, ground_truth, fault_points).
+  Stats count requests per site and the most in flight at once, for fleet tests and benchmarks.
+- Sites are built on first use, so a fleet of 1,000 sites (`vitals simulate --site-count 1000`)
+  starts at once; `Faults.site_status` / `site_slow_seconds` make one site fail or lag.
 - `vitals simulate` (vitals_pipeline/cli_simulate.py) serves it from the command line.
 """
 

@@ -41,7 +41,14 @@ class Faults:
         "badkey" (the 500 ACE gives for an invalid key).
       rate_limit_every / server_error_every: every Nth data request gets a 429 / 503.
       truncate_min_page_size: every paginated response with page_size >= this is cut in half.
-      slow_seconds: delay before every data response.
+      slow_seconds: delay before every API response (any route: timeseries, points, site,
+        weather, lists). Requests on different connections are delayed concurrently.
+      site_status: {site: HTTP status}: every API request for that site (its timeseries, points,
+        site object and weather, and its points' timeseries) answers that status the way ACE
+        does: 502/503/504 the gateway's HTML page, 500 a JSON message, 403 the all-null site
+        object of an unknown site, 429 with Retry-After `retry_after`. "One site always 503s."
+      site_slow_seconds: {site: seconds}: extra delay for that site's requests (a slow site),
+        on top of slow_seconds.
       late_devices / late_seconds: the first N devices' samples show up on the API only once
         now >= sample time + late_seconds (they are in the ground truth all along).
       empty_responses: every timeseries request gets the empty last page (200, nothing).
@@ -62,6 +69,8 @@ class Faults:
     retry_after: float = 1.0
     hang_seconds: float = 30.0
     slow_seconds: float = 0.0
+    site_status: dict[str, int] = field(default_factory=dict)
+    site_slow_seconds: dict[str, float] = field(default_factory=dict)
     rate_limit_every: int = 0
     server_error_every: int = 0
     truncate_min_page_size: int = 0
@@ -117,6 +126,10 @@ class Faults:
                 if bad:
                     raise ValueError(f"unknown scripted fault(s) {bad}; known: {sorted(SCRIPT_FAULTS)}")
                 value = list(value)
+            elif key == "site_status":
+                value = _site_mapping(key, value, int, lambda v: 400 <= v <= 599, "an HTTP status 400-599")
+            elif key == "site_slow_seconds":
+                value = _site_mapping(key, value, float, lambda v: v >= 0, "seconds >= 0")
             setattr(self, key, value)
         self.data_signature("")  # validates the times now rather than on the next request
 
@@ -131,6 +144,19 @@ class Faults:
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
         return out
+
+
+def _site_mapping(name: str, value: Any, kind: type, ok: Any, expected: str) -> dict[str, Any]:
+    """A {site name: value} mapping checked for `update`, its values converted to `kind`."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a {{site: value}} mapping, got {value!r}")
+    out = {}
+    for site, item in value.items():
+        if (isinstance(item, bool) or not isinstance(item, (int, float)) or kind(item) != item
+                or not ok(kind(item))):
+            raise ValueError(f"{name}[{site!r}] must be {expected}, got {item!r}")
+        out[str(site)] = kind(item)
+    return out
 
 
 def _to_us(value: str | datetime) -> int:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from email.utils import formatdate
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -78,8 +79,10 @@ def _invalid(field: str, message: str) -> _Reply:
 class SimulatorServer:
     """Serve a `Simulator` over HTTP on `host:port` (port 0 picks a free one).
 
-    `url` is the API base (`http://127.0.0.1:PORT/api`); `stats` counts requests by route kind
-    and by status, and the transport faults injected. Use as a context manager, or start()/stop().
+    `url` is the API base (`http://127.0.0.1:PORT/api`); `stats` counts requests by route kind,
+    by site and by status, the transport faults injected, and the most API requests in flight at
+    once. Every connection has its own thread: requests of different connections are served (and
+    delayed by `slow_seconds`) concurrently. Use as a context manager, or start()/stop().
     """
 
     def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -152,26 +155,44 @@ class SimulatorServer:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """{"requests": n, "routes": {kind: n}, "statuses": {code: n}, "faults": {name: n},
-        "bytes_sent": n}. Route kinds: sites, points, timeseries (paginated), site_timeseries,
-        point_timeseries, weather, redirect, unknown. Admin routes are not counted."""
+        """{"requests": n, "routes": {kind: n}, "sites": {site: n}, "statuses": {code: n},
+        "faults": {name: n}, "bytes_sent": n, "in_flight": n, "max_in_flight": n,
+        "connections": n, "sites_built": n}.
+
+        Route kinds: sites, points, timeseries (paginated), site_timeseries, point_timeseries,
+        weather, redirect, unknown. `sites` counts the requests about one site (its routes and
+        its points' timeseries). A request is in flight from its arrival until its response is
+        handed to the socket (or the connection is dropped). `connections`: TCP connections
+        accepted (admin ones included). `sites_built`: site models built so far (they are built
+        on first use). Admin routes are not counted otherwise."""
         with self._lock:
             return {
                 "requests": self._requests,
                 "routes": dict(self._routes),
+                "sites": dict(self._sites),
                 "statuses": dict(self._statuses),
                 "faults": dict(self._faults),
                 "bytes_sent": self._bytes_sent,
+                "in_flight": self._in_flight,
+                "max_in_flight": self._max_in_flight,
+                "connections": self._connections_opened,
+                "sites_built": self.sim.sites_built,
             }
 
     def reset_stats(self) -> None:
         with self._lock:
             self._requests = 0
             self._routes: Counter[str] = Counter()
+            self._sites: Counter[str] = Counter()
             self._statuses: Counter[int] = Counter()
             self._faults: Counter[str] = Counter()
             self._bytes_sent = 0
             self._data_requests = 0
+            # Requests in flight now are still counted out when they end: keep the current
+            # figure, start the peak from it.
+            self._in_flight = getattr(self, "_in_flight", 0)
+            self._max_in_flight = self._in_flight
+            self._connections_opened = 0
 
     def _count(self, kind: str | None = None, status: int | None = None,
                fault: str | None = None, sent: int = 0) -> None:
@@ -184,6 +205,17 @@ class SimulatorServer:
             if fault is not None:
                 self._faults[fault] += 1
             self._bytes_sent += sent
+
+    def _arrived(self, site: str | None) -> None:
+        with self._lock:
+            if site is not None:
+                self._sites[site] += 1
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _next_fault(self) -> str | None:
         """The transport fault for this data request, if any (consumes one scripted fault)."""
@@ -221,7 +253,9 @@ class SimulatorServer:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128
+    # The listen backlog. The stdlib default (5) refuses connections when a fleet's clients
+    # open many at once; the kernel caps it at net.core.somaxconn anyway.
+    request_queue_size = 1024
     app: SimulatorServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -238,6 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: _HTTPServer
     _admin_request = False
+    _in_flight = False  # this request is counted in the server's in-flight figure
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -251,6 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.app._lock:
             self.server.app._connections.add(self.connection)
+            self.server.app._connections_opened += 1
 
     def finish(self) -> None:
         try:
@@ -281,9 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         payload = body[: len(body) // 2] if truncate else body
         # Counted before the bytes go out: a client that reads stats right after its response
-        # must see it counted.
+        # must see it counted, and a client that sends its next request as soon as it has read
+        # this one must not find this one still in flight.
         if not self._admin_request:
             self.app._count(status=status, sent=len(payload))
+        self._done()
         if len(payload) < 65536:  # one write, one segment
             self._headers_buffer.append(b"\r\n" + payload)
             self.flush_headers()
@@ -305,6 +343,12 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         conn.close()
+
+    def _done(self) -> None:
+        """Count this request out of the in-flight figure (once)."""
+        if self._in_flight:
+            self._in_flight = False
+            self.app._answered()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self._dispatch()
@@ -342,6 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(500, UNHANDLED)
             except OSError:
                 self.close_connection = True
+        finally:
+            self._done()  # no response (a reset, a dropped connection)
 
     # -- the ACE API -----------------------------------------------------------------------------
 
@@ -372,7 +418,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, route: list[str], params: dict[str, str], body: bytes, query: str) -> None:
         kind, method, handler = self._route(route)
+        site = self._site_of(route, kind)
         self.app._count(kind=kind)
+        self._in_flight = True
+        self.app._arrived(site)
         if handler is None and kind == "unknown":
             raise _Reply(404, NOT_FOUND_HTML, HTML)
         if self.command != method:
@@ -381,16 +430,29 @@ class _Handler(BaseHTTPRequestHandler):
             location = "/api/sites/" + (f"?{query}" if query else "")
             raise _Reply(308, REDIRECT_HTML, HTML, {"Location": location})
         self._authorize()
+        faults = self.sim.faults
+        # Latency first, whatever the answer: a slow network or a slow site delays errors too.
+        # Only this connection's thread sleeps.
+        delay = float(faults.slow_seconds or 0)
+        if site is not None:
+            delay += float(faults.site_slow_seconds.get(site, 0) or 0)
+        if delay > 0:
+            time.sleep(delay)
+        if site is not None and site in faults.site_status:
+            raise _status_reply(int(faults.site_status[site]), faults)
         truncate = False
         if kind in DATA_ROUTES:
-            fault = self._next_fault_reply()
-            if fault == "truncate":
-                truncate = True
-            slow = float(self.sim.faults.slow_seconds or 0)
-            if slow > 0:
-                time.sleep(slow)
+            truncate = self._next_fault_reply() == "truncate"
         status, payload, truncate_page = handler(route, params, body)
         self._send(status, payload, truncate=truncate or truncate_page)
+
+    def _site_of(self, route: list[str], kind: str) -> str | None:
+        """The site a request is about: /sites/{site}/..., or the site of /points/{point}/... ."""
+        if route[0] == "sites" and len(route) >= 2 and route[1] != "":
+            return route[1]
+        if kind == "point_timeseries" and len(route) == 3:
+            return self.sim.point_site(route[1])
+        return None
 
     def _authorize(self) -> None:
         header = self.headers.get("Authorization")
@@ -410,17 +472,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         self.app._count(fault=fault)
         faults = self.sim.faults
-        if fault in ("429", "429-date"):
-            wait = float(faults.retry_after)
-            if fault == "429":
-                value = str(int(wait)) if wait.is_integer() else repr(wait)
-            else:
-                value = formatdate(time.time() + wait, usegmt=True)
-            raise _Reply(429, {"message": "Too Many Requests"}, headers={"Retry-After": value})
-        if fault == "500":
-            raise _Reply(500, {"message": "Internal Server Error"})
-        if fault in ("502", "503", "504"):
-            raise _Reply(int(fault), GATEWAY_HTML[int(fault)], HTML)
+        if fault == "429-date":
+            retry_at = formatdate(time.time() + float(faults.retry_after), usegmt=True)
+            raise _Reply(429, {"message": "Too Many Requests"}, headers={"Retry-After": retry_at})
+        if fault in ("429", "500", "502", "503", "504"):
+            raise _status_reply(int(fault), faults)
         if fault == "badkey":
             raise _Reply(500, UNHANDLED)
         if fault == "invalid_json":
@@ -435,10 +491,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes ----------------------------------------------------------------------------------
 
     def _site_or_403(self, name: str) -> str:
-        try:
-            self.sim.site_model(name)
-        except UnknownSite:
-            raise _Reply(403, dict.fromkeys(SITE_FIELDS)) from None
+        if not self.sim.has_site(name):
+            raise _Reply(403, dict.fromkeys(SITE_FIELDS))
         return name
 
     def _envelope(self, items: list[Any], params: dict[str, str]) -> dict[str, Any]:
@@ -578,6 +632,31 @@ class _Handled(_Reply):
 
     def __init__(self) -> None:
         super().__init__(0, None)
+
+
+def _status_reply(status: int, faults: Any) -> _Reply:
+    """The answer ACE (or the gateway in front of it) gives with `status`."""
+    if status == 429:
+        wait = float(faults.retry_after)
+        value = str(int(wait)) if wait.is_integer() else repr(wait)
+        return _Reply(429, {"message": "Too Many Requests"}, headers={"Retry-After": value})
+    if status in GATEWAY_HTML:
+        return _Reply(status, GATEWAY_HTML[status], HTML)
+    if status == 500:
+        return _Reply(500, {"message": "Internal Server Error"})
+    if status == 403:  # what ACE answers for a site that does not exist
+        return _Reply(403, dict.fromkeys(SITE_FIELDS))
+    if status == 404:
+        return _Reply(404, {"message": "A database result was required but none was found."})
+    if status == 401:
+        return _Reply(401, {"message": "Missing Authorization Header"})
+    if status == 400:
+        return _Reply(400, {"message": VALIDATION_FAILED})
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return _Reply(status, {"message": phrase})
 
 
 def _int_param(params: dict[str, str], name: str, default: int, help_text: str) -> int:
