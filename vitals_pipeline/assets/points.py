@@ -51,7 +51,7 @@ def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
         fetched_at = datetime.now(UTC)
 
         def fetch(site: str, deadline: float) -> list[dict]:
-            with ace.client() as client:
+            with session.client(deadline=deadline) as client:
                 return client.configured_points(site)
 
         def describe(site: str, exc: BaseException) -> str:
@@ -59,10 +59,12 @@ def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
                 return f"site {site!r}: {exc}"
             return f"site {site!r}: {type(exc).__name__}: {exc}"
 
-        for outcome in fetch_sites(
-            chosen, fetch, concurrency=settings.fetch_concurrency,
-            budget_seconds=settings.site_budget_seconds, describe_error=describe,
-        ):
+        with ace.session(max_in_flight=settings.fetch_concurrency) as session:
+            fetched = list(fetch_sites(
+                chosen, fetch, concurrency=settings.fetch_concurrency,
+                budget_seconds=settings.site_budget_seconds, describe_error=describe,
+            ))
+        for outcome in fetched:
             if outcome.error is not None:
                 failures.add(outcome.site, outcome.error)
                 continue

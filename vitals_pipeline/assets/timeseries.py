@@ -11,7 +11,6 @@ own partitions; the others are stored. Thin Dagster code: fetching is `ace.clien
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +19,7 @@ import pyarrow as pa
 
 from vitals_pipeline.ace.client import AceError, FetchStats
 from vitals_pipeline.ace.parse import combine_samples, points_table, to_sample_batch
+from vitals_pipeline.ace.session import AceSession
 from vitals_pipeline.assets.fleet import (
     SiteFailures,
     fetch_sites,
@@ -153,7 +153,7 @@ def sync_timeseries(
 
     def fetch(site: str, deadline: float) -> SiteSamples:
         fetched = fetch_site_window(
-            ace_clients, site, window, quality, deadline, with_points=site in without_points
+            ace_session, site, window, quality, deadline, with_points=site in without_points
         )
         if quality.enabled:
             # Read in this fetch thread, on a cursor of the run's DuckDB session (DuckDB reads a
@@ -170,7 +170,7 @@ def sync_timeseries(
             return str(exc)
         return f"site {site!r}, window {window}: {type(exc).__name__}: {exc}"
 
-    with _ace_clients(ace, concurrency) as ace_clients, warehouse.session() as conn, \
+    with ace.session(max_in_flight=concurrency) as ace_session, warehouse.session() as conn, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality") as judging:
         # A site whose points were never loaded gets them in this run, first: the checks need
         # their units and intervals (else every expectation is unknown).
@@ -206,15 +206,8 @@ def sync_timeseries(
     failures.raise_if_any(len(sites))
 
 
-@contextmanager
-def _ace_clients(ace: AceResource, max_in_flight: int):
-    """A factory of per-site ACE clients sharing one connection pool and request gate."""
-    # TODO(fleet): the shared gate and per-site deadline of the fleet ACE session.
-    yield lambda deadline: ace.client()
-
-
 def fetch_site_window(
-    clients, site: str, window: Window, quality: QualityThresholds, deadline: float,
+    session: AceSession, site: str, window: Window, quality: QualityThresholds, deadline: float,
     *, with_points: bool = False,
 ) -> SiteSamples:
     """One site's samples for `window`, cleaned (runs in a fetch thread); with `with_points` its
@@ -233,7 +226,7 @@ def fetch_site_window(
         )
         return clean_window(fetched, Window(lo, hi), run_window=window), future
 
-    with clients(deadline) as client:
+    with session.client(deadline=deadline) as client:
         points = points_table(client.configured_points(site), datetime.now(UTC)) if with_points else None
         pieces = client.fetch_pieces(
             site, window.start, window.end, to_sample_batch, clean_piece, stats

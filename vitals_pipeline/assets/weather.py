@@ -97,7 +97,7 @@ def build_weather_asset(settings: Settings) -> dg.AssetsDefinition:
         failures = SiteFailures("weather")
 
         def fetch(site: str, deadline: float) -> dict | None:
-            with ace.client() as client:
+            with session.client(deadline=deadline) as client:
                 return client.weather(site, FetchStats())
 
         def describe(site: str, exc: BaseException) -> str:
@@ -105,10 +105,12 @@ def build_weather_asset(settings: Settings) -> dg.AssetsDefinition:
                 return f"site {site!r}: {exc}"
             return f"site {site!r}: {type(exc).__name__}: {exc}"
 
-        for outcome in fetch_sites(
-            chosen, fetch, concurrency=settings.fetch_concurrency,
-            budget_seconds=settings.site_budget_seconds, describe_error=describe,
-        ):
+        with ace.session(max_in_flight=settings.fetch_concurrency) as session:
+            fetched = list(fetch_sites(
+                chosen, fetch, concurrency=settings.fetch_concurrency,
+                budget_seconds=settings.site_budget_seconds, describe_error=describe,
+            ))
+        for outcome in fetched:
             if outcome.error is not None:
                 failures.add(outcome.site, outcome.error)
                 continue
