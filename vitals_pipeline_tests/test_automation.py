@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -22,30 +20,34 @@ from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from dagster._core.scheduler.instigation import TickStatus
 
-from vitals_pipeline.assets.site import five_minute_partitions, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import five_minute_partitions, range_tags, timeseries_key
 from vitals_pipeline.automation import sensors
 from vitals_pipeline.automation.alerts import (
     ALERT_SENSOR_NAME,
     AlertDeliveryError,
-    describe_failure,
+    Change,
+    alert_message,
     post_alert,
 )
 from vitals_pipeline.automation.freshness import TIMESERIES_FRESHNESS
 from vitals_pipeline.automation.gaps import (
     Gap,
-    catchup_run_key,
+    batch_gaps,
     catchup_window,
     find_gaps,
     scheduled_window,
+    shards,
 )
-from vitals_pipeline.automation.runs import SITE_TAG, TRIGGER_TAG
-from vitals_pipeline.automation.schedules import schedule_name
-from vitals_pipeline.automation.sensors import catchup_sensor_name, plan_catchup
+from vitals_pipeline.automation.jobs import FLEET_JOB
+from vitals_pipeline.automation.runs import SHARD_TAG, TRIGGER_TAG
+from vitals_pipeline.automation.schedules import SCHEDULE_NAME
+from vitals_pipeline.automation.sensors import CATCHUP_SENSOR_NAME, plan_catchup
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import ConfigError, Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline.windows import PARTITION, Window, floor_to_partition, partition_key
 from vitals_pipeline_tests.conftest import SIM_KEY, SITE
+from vitals_pipeline_tests.helpers import Receiver
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,7 +89,7 @@ def defs_from_env() -> dg.Definitions:
 
 
 def run_range(instance, defs, first: str, last: str, **tags):
-    job = defs.resolve_job_def(f"{SITE}_timeseries")
+    job = defs.resolve_job_def(FLEET_JOB)
     return job.execute_in_process(
         instance=instance,
         tags={**range_tags(first, last), **tags},
@@ -152,11 +154,17 @@ def test_find_gaps_splits_contiguous_runs_and_bounds_their_size():
     assert [len(g) for g in find_gaps(keys, lambda k: True, max_partitions=5)] == [5, 5, 2]
 
 
-def test_catchup_run_key_changes_with_every_new_attempt():
-    gap = Gap(("2026-03-09-10:00", "2026-03-09-10:05"))
-    assert catchup_run_key("s", gap, 0) == catchup_run_key("s", gap, 0)
-    assert catchup_run_key("s", gap, 0) != catchup_run_key("s", gap, 17)
-    assert "2026-03-09-10:00...2026-03-09-10:05" in catchup_run_key("s", gap, 17)
+def test_batch_gaps_puts_sites_missing_the_same_stretch_in_one_run_newest_first():
+    old, new = Gap(("2026-03-09-09:00", "2026-03-09-09:05")), Gap(("2026-03-09-10:00",))
+    batches = batch_gaps({"a": [old, new], "b": [new], "c": [new], "d": [old]}, shard_size=2)
+    assert [(b.first, b.last, b.sites) for b in batches] == [
+        ("2026-03-09-10:00", "2026-03-09-10:00", ("a", "b")),
+        ("2026-03-09-10:00", "2026-03-09-10:00", ("c",)),
+        ("2026-03-09-09:00", "2026-03-09-09:05", ("a", "d")),
+    ]
+    assert shards(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
+    with pytest.raises(ValueError):
+        shards(["a"], 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,20 +203,19 @@ def test_a_malformed_webhook_url_is_not_echoed():
 # Definitions: what is registered, freshness, pools
 
 
-def test_definitions_register_per_site_automation(pipeline_env, monkeypatch):
+def test_definitions_register_fleet_automation(pipeline_env, monkeypatch):
     monkeypatch.setenv("ACE_SITES", f"{SITE},Other-Site")
     defs = defs_from_env()
     dg.Definitions.validate_loadable(defs)
-    assert {s.name for s in defs.schedules} == {schedule_name(SITE), "other_site_timeseries_schedule"}
-    assert {s.name for s in defs.sensors} >= {
-        catchup_sensor_name(SITE),
-        "other_site_catchup",
-        ALERT_SENSOR_NAME,
-    }
-    for schedule in defs.schedules:
-        assert schedule.cron_schedule == "1-59/5 * * * *"
-        assert schedule.execution_timezone == "UTC"
-        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    # One schedule and one catch-up sensor for the whole fleet, not one per site.
+    assert [s.name for s in defs.schedules] == [SCHEDULE_NAME]
+    assert {s.name for s in defs.sensors} >= {CATCHUP_SENSOR_NAME, ALERT_SENSOR_NAME}
+    [schedule] = defs.schedules
+    assert schedule.cron_schedule == "1-59/5 * * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    fleet = defs.resolve_job_def(FLEET_JOB)
+    assert fleet.asset_layer.executable_asset_keys >= {timeseries_key(SITE), timeseries_key("Other-Site")}
     graph = defs.resolve_asset_graph()
     for asset_key in graph.get_all_asset_keys():
         node = graph.get(asset_key)
@@ -264,8 +271,10 @@ def test_shipped_dagster_yaml_limits_the_duckdb_pool_to_one(tmp_path, monkeypatc
 
 
 def evaluate_schedule(defs, moment: datetime):
-    schedule = defs.get_schedule_def(schedule_name(SITE))
-    with dg.build_schedule_context(scheduled_execution_time=moment) as context:
+    schedule = defs.get_schedule_def(SCHEDULE_NAME)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=moment
+    ) as context:
         return schedule.evaluate_tick(context)
 
 
@@ -281,10 +290,11 @@ def test_schedule_tick_requests_one_range_run(pipeline_env, tick, first, last):
     defs = defs_from_env()
     data = evaluate_schedule(defs, at(tick))
     [request] = data.run_requests
-    assert request.tags[SITE_TAG] == SITE and request.tags[TRIGGER_TAG] == "schedule"
+    assert request.asset_selection == [timeseries_key(SITE)]
+    assert request.tags[TRIGGER_TAG] == "schedule" and request.tags[SHARD_TAG] == "1/1"
     assert request.tags["dagster/asset_partition_range_start"] == first
     assert request.tags["dagster/asset_partition_range_end"] == last
-    assert request.run_key == f"{SITE}:{first}...{last}"
+    assert request.run_key == f"schedule:{first}...{last}:1/1"
     assert request.partition_key is None  # a range, not one partition
     # The same tick evaluated again asks for the same run.
     assert evaluate_schedule(defs, at(tick)).run_requests[0].run_key == request.run_key
@@ -310,7 +320,7 @@ def test_schedule_clamps_at_partitions_start_and_skips_before(pipeline_env, monk
 
 def test_schedule_cron_override(pipeline_env, monkeypatch):
     monkeypatch.setenv("VITALS_SCHEDULE_CRON", "* * * * *")
-    assert defs_from_env().get_schedule_def(schedule_name(SITE)).cron_schedule == "* * * * *"
+    assert defs_from_env().get_schedule_def(SCHEDULE_NAME).cron_schedule == "* * * * *"
 
 
 def test_schedule_run_executes_its_range(live):
@@ -318,8 +328,10 @@ def test_schedule_run_executes_its_range(live):
     defs = defs_from_env()
     [request] = evaluate_schedule(defs, live.now).run_requests
     with dg.instance_for_test() as instance:
-        job = defs.resolve_job_def(f"{SITE}_timeseries")
-        assert job.execute_in_process(instance=instance, tags=request.tags).success
+        job = defs.resolve_job_def(FLEET_JOB)
+        assert job.execute_in_process(
+            instance=instance, tags=request.tags, asset_selection=request.asset_selection
+        ).success
         done = instance.get_materialized_partitions(timeseries_key(SITE))
     assert done == {key(live.end - i * PARTITION) for i in (3, 2, 1)}
 
@@ -329,7 +341,7 @@ def test_schedule_run_executes_its_range(live):
 
 
 def evaluate_catchup(instance, defs):
-    sensor = defs.get_sensor_def(catchup_sensor_name(SITE))
+    sensor = defs.get_sensor_def(CATCHUP_SENSOR_NAME)
     with dg.build_sensor_context(instance=instance, definitions=defs) as context:
         return sensor.evaluate_tick(context)
 
@@ -344,11 +356,12 @@ def request_range(request) -> tuple[str, str]:
 def plan(instance, live: Live, **kwargs):
     return plan_catchup(
         instance,
-        SITE,
+        [SITE],
         five_minute_partitions(Settings.from_env()),
         now=live.now,
         hours=24,
         partitions_start=live.start,
+        shard_size=500,
         **kwargs,
     )
 
@@ -364,8 +377,11 @@ def test_catchup_fills_a_gap_with_one_range_run(live):
         data = evaluate_catchup(instance, defs)
         [request] = data.run_requests
         assert request_range(request) == (key(gap_start), key(gap_end - PARTITION))
-        assert request.tags[TRIGGER_TAG] == "catchup" and request.tags[SITE_TAG] == SITE
-        assert request.run_key == f"catchup:{SITE}:{key(gap_start)}...{key(gap_end - PARTITION)}:0"
+        assert request.tags[TRIGGER_TAG] == "catchup"
+        assert request.asset_selection == [timeseries_key(SITE)]
+        assert request.run_key.startswith(f"catchup:{key(gap_start)}...{key(gap_end - PARTITION)}:1:")
+        assert request.run_key.endswith(":0")  # never planned before
+        # Evaluated again before anything changed: the same run (sensor run keys dedupe).
         assert evaluate_catchup(instance, defs).run_requests[0].run_key == request.run_key
 
         assert run_range(instance, defs, *request_range(request), **request.tags).success
@@ -420,13 +436,13 @@ def test_catchup_retries_a_failed_partition(live, monkeypatch):
 
 def test_catchup_waits_for_its_own_run_and_skips_partitions_in_progress(live):
     defs = defs_from_env()
-    job = defs.resolve_job_def(f"{SITE}_timeseries")
+    job = defs.resolve_job_def(FLEET_JOB)
     first_hour = range_tags(key(live.start), key(live.start + timedelta(minutes=55)))
     with dg.instance_for_test() as instance:
         # A running catch-up run of this site: nothing new until it is done.
         queued = instance.create_run_for_job(
             job_def=job,
-            tags={**first_hour, SITE_TAG: SITE, TRIGGER_TAG: "catchup"},
+            tags={**first_hour, TRIGGER_TAG: "catchup"},
             status=dg.DagsterRunStatus.STARTED,
         )
         data = evaluate_catchup(instance, defs)
@@ -460,87 +476,61 @@ def test_catchup_never_lists_all_partition_keys(live, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
-# Failure alert
+# Alerts by site state
 
 
-class Receiver:
-    """A real HTTP endpoint on 127.0.0.1 that records what it is sent."""
-
-    def __init__(self, status: int = 200):
-        self.bodies: list[dict] = []
-        self.status = status
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                length = int(self.headers.get("Content-Length", 0))
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
-                self.send_response(receiver.status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/T000/SECRET"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+def evaluate_alerts(instance, defs, cursor=None):
+    sensor = defs.get_sensor_def(ALERT_SENSOR_NAME)
+    with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor) as context:
+        data = sensor.evaluate_tick(context)
+    return data
 
 
-def failure_context(instance, result):
-    run = instance.get_run_by_id(result.run_id)
-    [record] = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records
-    return dg.build_run_status_sensor_context(
-        sensor_name=ALERT_SENSOR_NAME,
-        dagster_event=record.event_log_entry.dagster_event,
-        dagster_instance=instance,
-        dagster_run=run,
-    ).for_run_failure()
-
-
-def test_failure_alert_reaches_the_webhook(sim, pipeline_env, monkeypatch):
+def test_alert_sensor_posts_once_when_a_site_starts_failing_and_once_when_it_recovers(
+    sim, pipeline_env, monkeypatch
+):
     with Receiver() as receiver:
         monkeypatch.setenv("VITALS_ALERT_WEBHOOK_URL", receiver.url)
         monkeypatch.setenv("VITALS_UI_URL", "http://dagster.example:3000/")
         defs = defs_from_env()
         with dg.instance_for_test() as instance:
-            result = fail_range(instance, defs, "2026-03-09-10:00", "2026-03-09-10:10", monkeypatch)
-            sensor = defs.get_sensor_def(ALERT_SENSOR_NAME)
-            sensor(failure_context(instance, result))
-    [body] = receiver.bodies
-    text = body["text"]
-    assert SITE in text
-    assert "[2026-03-09-10:00, 2026-03-09-10:15)" in text
-    assert f"http://dagster.example:3000/runs/{result.run_id}" in text
-    assert "key" in text.lower()  # the error: ACE refused the key
-    assert body["sites"] == [SITE] and body["partition_range"] == ["2026-03-09-10:00", "2026-03-09-10:10"]
-    assert body["errors"] and body["run_url"].endswith(result.run_id)
-    assert "not-the-key" not in json.dumps(body) and SIM_KEY not in json.dumps(body)
+            first = fail_range(instance, defs, "2026-03-09-10:00", "2026-03-09-10:10", monkeypatch)
+            data = evaluate_alerts(instance, defs)
+            fail_range(instance, defs, "2026-03-09-10:05", "2026-03-09-10:15", monkeypatch)
+            again = evaluate_alerts(instance, defs, data.cursor)
+            assert again.skip_message and "1 site asset(s) failing" in again.skip_message
+            assert run_range(instance, defs, "2026-03-09-10:10", "2026-03-09-10:20").success
+            healed = evaluate_alerts(instance, defs, again.cursor)
+    started, recovered = receiver.bodies  # two messages for three runs
+    text = started["text"]
+    assert f"{SITE}/timeseries" in text and "[2026-03-09-10:00, 2026-03-09-10:15)" in text
+    assert f"http://dagster.example:3000/runs/{first.run_id}" in text
+    assert "key" in started["started_failing"][0]["error"].lower()  # ACE refused the key
+    assert started["started_failing"][0]["site"] == SITE
+    assert "not-the-key" not in json.dumps(started) and SIM_KEY not in json.dumps(started)
+    assert recovered["recovered"][0]["failed_runs"] == 2 and recovered["started_failing"] == []
+    assert healed.cursor and json.loads(healed.cursor)["failing"] == {}
 
 
-def test_failure_alert_without_webhook_only_logs(sim, pipeline_env, monkeypatch):
-    monkeypatch.delenv("VITALS_ALERT_WEBHOOK_URL", raising=False)
-    defs = defs_from_env()
-    with dg.instance_for_test() as instance:
-        result = fail_range(instance, defs, "2026-03-09-10:00", "2026-03-09-10:00", monkeypatch)
-        alert = describe_failure(instance, instance.get_run_by_id(result.run_id), "http://ui")
-        assert alert.window == "[2026-03-09-10:00, 2026-03-09-10:05)"
-        defs.get_sensor_def(ALERT_SENSOR_NAME)(failure_context(instance, result))  # no error
+def test_an_undeliverable_alert_fails_the_tick_and_is_sent_again(sim, pipeline_env, monkeypatch):
+    with Receiver(status=503) as receiver:
+        monkeypatch.setenv("VITALS_ALERT_WEBHOOK_URL", receiver.url)
+        monkeypatch.setattr("vitals_pipeline.automation.alerts.time.sleep", lambda s: None)
+        defs = defs_from_env()
+        with dg.instance_for_test() as instance:
+            fail_range(instance, defs, "2026-03-09-10:00", "2026-03-09-10:00", monkeypatch)
+            with pytest.raises(Exception, match="did not accept the alert"):
+                evaluate_alerts(instance, defs)
+            receiver.status = 200
+            evaluate_alerts(instance, defs)  # no cursor was stored: the change is sent again
+    assert len(receiver.bodies) == 3 + 1
+    assert receiver.bodies[-1]["started_failing"][0]["site"] == SITE
 
 
 def test_alert_error_text_never_carries_the_key(monkeypatch):
-    from vitals_pipeline.automation.alerts import FailureAlert
-
     monkeypatch.setenv("ACE_API_KEY", "eyJhbGciOiJIUzI1NiJ9.secret")
-    alert = FailureAlert("r1", "job", ["s"], "[a, b)", None, ["401 for Bearer eyJhbGciOiJIUzI1NiJ9.secret"], "u")
-    assert "eyJhbGciOiJIUzI1NiJ9.secret" not in alert.text
+    change = Change("s/timeseries", True, "r1", "[a, b)", error="401 for Bearer eyJhbGciOiJIUzI1NiJ9.secret")
+    assert "eyJhbGciOiJIUzI1NiJ9.secret" not in json.dumps(alert_message([change], "http://ui"))
 
 
 def test_a_refusing_webhook_is_reported_without_its_secret():

@@ -108,7 +108,7 @@ class Change:
 
 def run_outcomes(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, str | None]:
     """`site/asset` -> None (healthy) or the error, for each site asset the run was asked for."""
-    keys = [key for key in (run.asset_selection or ()) if len(key.path) == 2]
+    keys = [key for key in _requested_assets(instance, run) if len(key.path) == 2]
     if not keys:
         return {}
     names = {key: "/".join(key.path) for key in keys}
@@ -149,6 +149,20 @@ def run_outcomes(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, 
     return outcomes
 
 
+def _requested_assets(instance: dg.DagsterInstance, run: dg.DagsterRun) -> set[dg.AssetKey]:
+    """The assets a run was asked for: its asset selection, or (a whole job launched without
+    one) the assets it planned to materialize."""
+    if run.asset_selection:
+        return set(run.asset_selection)
+    return {
+        record.event_log_entry.dagster_event.asset_key
+        for record in instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=100_000
+        ).records
+        if record.event_log_entry.dagster_event and record.event_log_entry.dagster_event.asset_key
+    }
+
+
 def _bounded(text: str) -> str:
     text = redact(" ".join(str(text).split()))
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
@@ -183,7 +197,7 @@ def alert_message(changes: list[Change], ui_url: str) -> dict:
     lines = []
     if started:
         lines.append(f":rotating_light: vitals-pipeline: {len(started)} site asset(s) started failing")
-        lines += [f"- {c.key}, window {c.window} UTC: {c.error} ({url(c.run_id)})" for c in started[:20]]
+        lines += [f"- {c.key}, window {c.window} UTC: {redact(c.error)} ({url(c.run_id)})" for c in started[:20]]
         if len(started) > 20:
             lines.append(f"- ... and {len(started) - 20} more")
     if recovered:
@@ -198,7 +212,7 @@ def alert_message(changes: list[Change], ui_url: str) -> dict:
     return {
         "text": redact("\n".join(lines)),
         "started_failing": [
-            {"site": c.site, "asset": c.asset, "error": c.error, "window": c.window,
+            {"site": c.site, "asset": c.asset, "error": redact(c.error), "window": c.window,
              "run_id": c.run_id, "run_url": url(c.run_id)}
             for c in started
         ],
