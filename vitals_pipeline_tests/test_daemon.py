@@ -25,11 +25,11 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
-from vitals_pipeline.assets.site import five_minute_partitions, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import five_minute_partitions, range_tags, timeseries_key
+from vitals_pipeline.automation.jobs import FLEET_JOB
 from vitals_pipeline.automation.runs import TRIGGER_TAG
-from vitals_pipeline.automation.schedules import schedule_name
+from vitals_pipeline.automation.schedules import SCHEDULE_NAME
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline.windows import PARTITION, Window, floor_to_partition, partition_key
@@ -107,7 +107,7 @@ def test_schedule_tick_runs_and_materializes(sim, pipeline_env, home, monkeypatc
     monkeypatch.setenv("VITALS_PARTITIONS_START", key(end - PARTITION))
     monkeypatch.setenv("VITALS_SCHEDULE_CRON", "* * * * *")
     log_path = tmp_path / "daemon.log"
-    name = schedule_name(SITE)
+    name = SCHEDULE_NAME
 
     with running_daemon(log_path), dg.DagsterInstance.get() as instance:
 
@@ -150,7 +150,7 @@ def test_catchup_sensor_fills_the_gap_after_an_outage(sim, pipeline_env, home, m
     monkeypatch.setenv("VITALS_CATCHUP_INTERVAL_SECONDS", "5")
     log_path = tmp_path / "daemon.log"
     defs = build_definitions(Settings.from_env())
-    job = defs.resolve_job_def(f"{SITE}_timeseries")
+    job = defs.resolve_job_def(FLEET_JOB)
     failed = (start + timedelta(minutes=15), start + timedelta(minutes=25))
 
     with dg.DagsterInstance.get() as instance:
@@ -175,7 +175,7 @@ def test_catchup_sensor_fills_the_gap_after_an_outage(sim, pipeline_env, home, m
 
         def filled():
             status = instance.get_status_by_partition(asset_key, expected, partitions_def) or {}
-            return all(status.get(k) == AssetPartitionStatus.MATERIALIZED for k in expected)
+            return all(status.get(k) == dg.AssetPartitionStatus.MATERIALIZED for k in expected)
 
         def catchup_ranges():
             return {
