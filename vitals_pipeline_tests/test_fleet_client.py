@@ -98,7 +98,7 @@ def test_without_a_cap_the_same_fetch_goes_wider(fleet):
 
 def test_a_429_on_one_site_pauses_every_site_of_the_session(fleet):
     sim, server = fleet
-    sim.faults.retry_after = 1.5
+    sim.faults.retry_after = 2.0
     sim.faults.script = ["429"]  # whichever site asks first gets it
     with AceSession(server.url, SIM_KEY, max_in_flight=8, page_size=10) as session:
         results = fetch_all_sites(session, SITES)
@@ -107,16 +107,17 @@ def test_a_429_on_one_site_pauses_every_site_of_the_session(fleet):
     for site in SITES:
         rows, seconds = results[site]
         assert rows == truth(sim, site)
-        # Every site has many pages left after the first answer, so every site waited ~1.5 s.
-        assert 1.3 <= seconds < 4.0, (site, seconds)
-    assert gate.rate_limits == 1 and 1.4 <= gate.paused_seconds <= 1.6
-    assert gate.pause_wait_seconds > 1.0 * (len(SITES) - 1)
+        # ~15 pages a site (~0.2 s unpaused): every site has pages left after the first answer,
+        # so every site waited the ~2 s.
+        assert 1.8 <= seconds < 5.0, (site, seconds)
+    assert gate.rate_limits == 1 and gate.paused_seconds == pytest.approx(2.0)
+    assert gate.pause_wait_seconds > 1.5 * (len(SITES) - 1)
 
 
 def test_without_a_shared_gate_a_429_slows_only_the_site_that_got_it(fleet):
     """The control for the test above: independent clients, one per site, no gate."""
     sim, server = fleet
-    sim.faults.retry_after = 1.5
+    sim.faults.retry_after = 2.0
     sim.faults.script = ["429"]
     barrier = threading.Barrier(len(SITES))
 
@@ -129,8 +130,8 @@ def test_without_a_shared_gate_a_429_slows_only_the_site_that_got_it(fleet):
 
     with ThreadPoolExecutor(len(SITES)) as pool:
         seconds = sorted(pool.map(fetch, SITES))
-    assert seconds[-1] >= 1.3  # the site that got the 429
-    assert sum(s >= 1.3 for s in seconds) == 1, seconds
+    assert seconds[-1] >= 1.8  # the site that got the 429
+    assert sum(s >= 1.8 for s in seconds) == 1, seconds
 
 
 def test_a_slow_site_runs_out_of_budget_while_the_others_finish(fleet):
@@ -141,7 +142,7 @@ def test_a_slow_site_runs_out_of_budget_while_the_others_finish(fleet):
         results = fetch_all_sites(session, SITES, budget=1.0)
     error, seconds = results[slow]
     assert isinstance(error, AceBudgetExceeded) and isinstance(error, PERMANENT_ERRORS)
-    assert 0.9 <= seconds < 1.6, seconds  # at its deadline, not after the slow answer (3 s)
+    assert 0.9 <= seconds < 1.8, seconds  # at its deadline, not after the slow answer (3 s)
     message = str(error)
     assert f"site {slow!r}" in message and "2026-03-09T10:00:00" in message
     assert "budget of 1.0s" in message and "0 page(s) and 1 request(s)" in message
@@ -224,7 +225,7 @@ def test_fetch_pieces_of_a_session_client_stop_at_the_deadline(fleet):
                 SITES[2], START, START + timedelta(hours=4), lambda page: page.num_rows,
                 lambda pages, lo, hi: sum(pages),
             )
-    assert time.monotonic() - began < 1.6
+    assert time.monotonic() - began < 1.8
     assert "page(s)" in str(err.value)
 
 
