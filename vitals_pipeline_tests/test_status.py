@@ -19,10 +19,13 @@ from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline.automation.jobs import FLEET_JOB
+from vitals_pipeline.automation.pause import pause_sites
 from vitals_pipeline.status import (
     DEGRADED,
     DOWN,
     HEALTHY,
+    PAUSED,
     Thresholds,
     collect_status,
     duckdb_figures,
@@ -107,10 +110,14 @@ def loaded_own(sim, pipeline_env, home, monkeypatch):
 
 def run(instance, first, last, **env):
     defs = build_definitions(Settings.from_env())
-    job = defs.resolve_job_def(f"{SITE}_timeseries")
+    job = defs.resolve_job_def(FLEET_JOB)
     with _env(env):
         return job.execute_in_process(
-            instance=instance, tags=range_tags(first, last), raise_on_error=False, run_config=QUIET
+            instance=instance,
+            asset_selection=[timeseries_key(SITE)],  # as the schedule asks for it
+            tags=range_tags(first, last),
+            raise_on_error=False,
+            run_config=QUIET,
         )
 
 
@@ -143,16 +150,16 @@ def test_healthy(loaded):
     assert site["newest_partition"] == key(loaded["end"] - PARTITION)
     assert site["lag_minutes"] == 1.0
     assert site["missing_partitions"] == site["failed_partitions"] == 0 and site["gaps"] == []
-    assert site["last_run"]["run_id"] == loaded["run_id"] and site["last_run"]["status"] == "SUCCESS"
-    [recent] = site["recent_runs"]
-    assert recent["partitions"] == 12 and recent["samples"] > 0 and recent["retries"] == 0
-    assert recent["api_seconds"] is not None and recent["duration_seconds"] > 0
-    assert site["failed_runs_24h"] == 0
+    last = site["last_run"]
+    assert last["run_id"] == loaded["run_id"] and last["status"] == last["site_status"] == "SUCCESS"
+    assert last["partitions"] == 12 and last["sites"] == 1 and last["duration_seconds"] > 0
+    assert last["error"] is None and site["paused"] is False
+    assert report["fleet"] == {"sites": 1, HEALTHY: 1, DEGRADED: 0, DOWN: 0, PAUSED: 0}
     db = report["duckdb"]
     assert db["state"] == "ok" and db["size_bytes"] > 0
-    assert db["sites"][SITE]["samples"] == recent["samples"] and db["sites"][SITE]["points"] == 60
+    assert db["sites"][SITE]["samples"] > 0 and db["sites"][SITE]["points"] == 60
     text = render_text(report)
-    assert "HEALTHY (exit 0)" in text and SITE in text and "recent runs" in text
+    assert "HEALTHY (exit 0)" in text and SITE in text and "1 healthy" in text
 
 
 def test_degraded_when_lagging_and_down_when_stale(loaded):
@@ -180,16 +187,26 @@ def test_degraded_by_a_failed_run_with_its_error(loaded_own):
     report = status_at(loaded["now"])
     [site] = report["sites"]
     assert report["health"] == DEGRADED
-    assert site["last_run"]["status"] == "FAILURE"
+    last = site["last_run"]
+    assert last["status"] == last["site_status"] == "FAILURE" and last["run_id"] == failure.run_id
     assert site["failed_partitions"] == 1 and site["gaps"] == [f"{failed_key}...{failed_key}"]
-    assert site["failed_runs_24h"] == 1
-    [failed] = site["failed_runs"]
-    assert failed["run_id"] == failure.run_id and failed["window"].startswith(f"[{failed_key}")
-    assert "key" in " ".join(failed["errors"]).lower()
+    assert last["window"].startswith(f"[{failed_key}")
+    assert "key" in last["error"].lower()  # the site's own error (ACE refused the key)
+    assert any(failure.run_id[:8] in reason for reason in site["reasons"])
     text = render_text(report)
     assert failure.run_id[:8] in text and "not-the-key" not in text and SIM_KEY not in text
     # The data from before is still there: the newest partition did not go back.
     assert site["newest_partition"] == key(loaded["end"] - PARTITION)
+
+
+def test_a_paused_site_is_shown_paused_and_does_not_degrade_the_fleet(loaded_own):
+    with dg.DagsterInstance.get() as instance:
+        pause_sites(instance, [SITE])
+    report = status_at(loaded_own["now"] + timedelta(hours=3))  # long behind, but paused
+    [site] = report["sites"]
+    assert site["health"] == PAUSED and site["paused"] and "vitals resume" in site["reasons"][0]
+    assert report["health"] == HEALTHY and report["fleet"][PAUSED] == 1
+    assert "1 paused" in render_text(report)
 
 
 def test_down_when_nothing_was_ever_materialized(sim, pipeline_env, home):
@@ -227,10 +244,10 @@ def test_status_never_lists_all_partition_keys(loaded, monkeypatch):
 def test_configuration_error_is_a_message_not_a_traceback(monkeypatch):
     monkeypatch.delenv("ACE_SITES", raising=False)
     lines: list[str] = []
-    assert run_status(as_json=False, recent_runs=5, duckdb_wait_seconds=0, echo=lines.append) == 2
+    assert run_status(as_json=False, duckdb_wait_seconds=0, echo=lines.append) == 2
     assert "ACE_SITES" in lines[0] and "Traceback" not in lines[0]
     lines.clear()
-    assert run_status(as_json=True, recent_runs=5, duckdb_wait_seconds=0, echo=lines.append) == 2
+    assert run_status(as_json=True, duckdb_wait_seconds=0, echo=lines.append) == 2
     assert json.loads(lines[0])["health"] == DOWN
 
 
