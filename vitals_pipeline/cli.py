@@ -87,16 +87,25 @@ def init(postgres: bool, force: bool) -> None:
     retention; storage in SQLite files under DAGSTER_HOME, or with --postgres in PostgreSQL.
     Safe to run again: an identical dagster.yaml is left as it is and the storage is migrated.
     """
-    from vitals_pipeline.instance import PG_URL_VARIABLE, POSTGRES, SQLITE, shipped_settings
+    from vitals_pipeline.instance import PG_URL_SCHEME, PG_URL_VARIABLE, POSTGRES, SQLITE, shipped_settings
 
     variant = POSTGRES if postgres else SQLITE
     pg_url = os.environ.get(PG_URL_VARIABLE, "")
+    example = f"{PG_URL_VARIABLE}={PG_URL_SCHEME}://vitals:PASSWORD@db-host:5432/dagster"
     if postgres and not pg_url:
         raise click.ClickException(
             f"--postgres: {PG_URL_VARIABLE} is not set. Set it to the database's address, e.g. "
-            f"{PG_URL_VARIABLE}=postgresql://vitals:PASSWORD@db-host:5432/dagster, here and for every "
-            "process that opens the instance (dagster-daemon, dagster-webserver, dagster and vitals "
-            "commands), then run `vitals init --postgres` again. Nothing was written."
+            f"{example}, here and for every process that opens the instance (dagster-daemon, "
+            "dagster-webserver, dagster and vitals commands), then run `vitals init --postgres` "
+            "again. Nothing was written."
+        )
+    scheme = pg_url.partition("://")[0] if "://" in pg_url else ""
+    if postgres and scheme != PG_URL_SCHEME:
+        raise click.ClickException(
+            f"--postgres: {PG_URL_VARIABLE} must start with {PG_URL_SCHEME}:// "
+            f"(it starts with {scheme + '://' if scheme else 'no scheme'}): Dagster's PostgreSQL "
+            "storage needs the psycopg2 driver, and SQLAlchemy opens a plain postgresql:// URL "
+            f"with psycopg 3. E.g. {example}. Nothing was written."
         )
     named = bool(os.environ.get("DAGSTER_HOME"))
     home = dagster_home()
@@ -140,6 +149,11 @@ def init(postgres: bool, force: bool) -> None:
             "again (the settings file is written)."
         ) from None
     click.echo(f"Instance storage ready: {where}.")
+    if postgres and not os.environ.get("DAGSTER_EVENT_BATCH_SIZE"):
+        click.echo(
+            "Recommended: DAGSTER_EVENT_BATCH_SIZE=1000 for every process that opens the instance: "
+            "Dagster then stores a run's asset events in batches (see the comments in dagster.yaml)."
+        )
     if not named:
         click.echo(
             f"DAGSTER_HOME is not set: set DAGSTER_HOME={home} for every process that uses this "

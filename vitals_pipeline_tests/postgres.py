@@ -35,6 +35,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from vitals_pipeline.instance import PG_URL_SCHEME
+
 BINARIES = "/usr/lib/postgresql/*/bin"
 INSTALL_HINT = (
     "PostgreSQL's server binaries (initdb, postgres) were not found under "
@@ -67,7 +69,8 @@ class PostgresServer:
     log_path: Path
 
     def url(self, database: str) -> str:
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+        """The URL as DAGSTER_PG_URL takes it (SQLAlchemy's, with the psycopg2 driver)."""
+        return f"{PG_URL_SCHEME}://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
 
     def connect(self, database: str = "postgres"):
         return psycopg2.connect(

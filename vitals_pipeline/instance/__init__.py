@@ -16,8 +16,11 @@ from importlib import resources
 SQLITE = "sqlite"
 POSTGRES = "postgres"
 VARIANTS = (SQLITE, POSTGRES)
-# The environment variable the PostgreSQL settings read the server's address from.
+# The environment variable the PostgreSQL settings read the server's address from, and the
+# scheme its URL must have: SQLAlchemy 2.1 opens a plain `postgresql://` URL with psycopg 3, and
+# Dagster's PostgreSQL event log fails on it (`NOTIFY run_events, $1`: a syntax error).
 PG_URL_VARIABLE = "DAGSTER_PG_URL"
+PG_URL_SCHEME = "postgresql+psycopg2"
 
 
 def shipped_settings(variant: str = SQLITE) -> str:
