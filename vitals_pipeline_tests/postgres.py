@@ -41,17 +41,17 @@ BINARIES = "/usr/lib/postgresql/*/bin"
 INSTALL_HINT = (
     "PostgreSQL's server binaries (initdb, postgres) were not found under "
     f"{BINARIES}: the tests of the Dagster instance on PostgreSQL start a real server. Install "
-    "Debian's package: `sudo apt-get install postgresql` (`.ci/run` installs it on CI; it creates "
-    "no cluster there and the tests start their own)."
+    "Debian's package: `sudo apt-get install postgresql` (`.ci/run` installs it on CI). No cluster "
+    "or service is needed: the tests start a server of their own."
 )
 SUPERUSER = "vitals_test"
 START_TIMEOUT_SECONDS = 60
 
 
-def find_bindir() -> Path | None:
+def find_bindir(pattern: str = BINARIES) -> Path | None:
     """The newest PostgreSQL version's bin folder holding initdb and postgres, if any."""
     found = [
-        d for d in Path("/").glob(BINARIES.lstrip("/")) if (d / "initdb").exists() and (d / "postgres").exists()
+        d for d in Path("/").glob(pattern.lstrip("/")) if (d / "initdb").exists() and (d / "postgres").exists()
     ]
 
     def version(d: Path) -> tuple[int, ...]:

@@ -35,7 +35,7 @@ from vitals_pipeline.assets.keys import timeseries_key
 from vitals_pipeline.windows import PARTITION, Window, floor_to_partition, partition_key, window_for_keys
 from vitals_pipeline_tests.conftest import SITE, simulator
 from vitals_pipeline_tests.helpers import BIN, assert_exact, dagster_cli
-from vitals_pipeline_tests.postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
+from vitals_pipeline_tests.postgres import find_bindir, pg_url, postgres_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +107,16 @@ def assert_no_password(password: str, home: Path, *outputs: str) -> None:
     for path in home.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), f"the database password is in {path}"
+
+
+def test_the_newest_complete_postgresql_install_is_chosen(tmp_path):
+    for version, files in {"9.6": ("initdb", "postgres"), "15": ("initdb", "postgres"), "16": ("initdb",)}.items():
+        folder = tmp_path / version / "bin"
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).touch()
+    assert find_bindir(f"{tmp_path}/*/bin") == tmp_path / "15" / "bin"  # 16 has no server binary
+    assert find_bindir(f"{tmp_path}/none/*/bin") is None
 
 
 def test_day_range_run_from_the_cli_is_stored_in_postgres(sim, pipeline_env, pg_home, pg_url, monkeypatch):  # noqa: F811
