@@ -1,4 +1,4 @@
-"""The `vitals` command: `simulate`, `demo`, `dev`, `status`, `backfill`, `pause`, `resume`."""
+"""The `vitals` command: `init`, `simulate`, `demo`, `dev`, `status`, `backfill`, `pause`, `resume`."""
 
 from __future__ import annotations
 
@@ -24,23 +24,191 @@ def main() -> None:
     """vitals-pipeline: ACE IoT building timeseries into DuckDB, every five minutes."""
 
 
-def ensure_dagster_home() -> Path:
-    """Make DAGSTER_HOME exist, with the shipped dagster.yaml, and initialise its storage.
+def dagster_home() -> Path:
+    """Where the instance lives: $DAGSTER_HOME; else `.dagster_home` in the checkout (where the
+    Makefile puts it), or in the current folder when installed from a wheel, not a checkout."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"]).resolve()
+    checkout = REPO_ROOT if (REPO_ROOT / "pyproject.toml").exists() else Path.cwd()
+    return (checkout / ".dagster_home").resolve()
 
-    Done once by one process before any run: several processes meeting a fresh SQLite instance
-    at once can race in Dagster's schema migration.
+
+def ensure_dagster_home() -> Path:
+    """Make DAGSTER_HOME exist, with the shipped (SQLite) settings unless it has a dagster.yaml,
+    and initialise its storage.
+
+    The settings come from package data (`vitals_pipeline/instance/`), so a wheel installed
+    outside the checkout gets them too. Done once by one process before any run: several
+    processes meeting a fresh SQLite instance at once can race in Dagster's schema migration.
     """
-    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
+    from vitals_pipeline.instance import SQLITE, shipped_settings
+
+    home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    shipped = REPO_ROOT / "dagster.yaml"
-    if shipped.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(shipped, home / "dagster.yaml")
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        _write_atomically(settings, shipped_settings(SQLITE))
+    _initialise_storage()
+    return home
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # Another process starting at the same moment reads the whole file or none of it.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _initialise_storage() -> None:
+    """Create or migrate the storage of the instance at DAGSTER_HOME (SQLite files or the tables
+    in PostgreSQL)."""
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
         instance.upgrade()
-    return home
+
+
+@main.command()
+@click.option(
+    "--postgres",
+    is_flag=True,
+    help="Storage in the PostgreSQL database at $DAGSTER_PG_URL instead of SQLite files in DAGSTER_HOME.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a dagster.yaml that differs from the shipped one (the old one is kept as dagster.yaml.bak).",
+)
+def init(postgres: bool, force: bool) -> None:
+    """Write the shipped instance settings into DAGSTER_HOME/dagster.yaml and create the storage.
+
+    The settings: one DuckDB writer at a time (pool `duckdb`), run retries and monitoring, tick
+    retention; storage in SQLite files under DAGSTER_HOME, or with --postgres in PostgreSQL.
+    Safe to run again: an identical dagster.yaml is left as it is and the storage is migrated.
+    """
+    from vitals_pipeline.instance import PG_URL_SCHEME, PG_URL_VARIABLE, POSTGRES, SQLITE, shipped_settings
+
+    variant = POSTGRES if postgres else SQLITE
+    pg_url = os.environ.get(PG_URL_VARIABLE, "")
+    example = f"{PG_URL_VARIABLE}={PG_URL_SCHEME}://vitals:PASSWORD@db-host:5432/dagster"
+    if postgres and not pg_url:
+        raise click.ClickException(
+            f"--postgres: {PG_URL_VARIABLE} is not set. Set it to the database's address, e.g. "
+            f"{example}, here and for every process that opens the instance (dagster-daemon, "
+            "dagster-webserver, dagster and vitals commands), then run `vitals init --postgres` "
+            "again. Nothing was written."
+        )
+    scheme = pg_url.partition("://")[0] if "://" in pg_url else ""
+    if postgres and scheme != PG_URL_SCHEME:
+        raise click.ClickException(
+            f"--postgres: {PG_URL_VARIABLE} must start with {PG_URL_SCHEME}:// "
+            f"(it starts with {scheme + '://' if scheme else 'no scheme'}): Dagster's PostgreSQL "
+            "storage needs the psycopg2 driver, and SQLAlchemy opens a plain postgresql:// URL "
+            f"with psycopg 3. E.g. {example}. Nothing was written."
+        )
+    named = bool(os.environ.get("DAGSTER_HOME"))
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    settings = home / "dagster.yaml"
+    shipped = shipped_settings(variant)
+    if settings.exists() and settings.read_text(encoding="utf-8") == shipped:
+        click.echo(f"{settings} already holds the shipped {variant} settings.")
+    else:
+        if settings.exists():
+            if not force:
+                raise click.ClickException(
+                    f"{settings} exists and differs from the shipped {variant} settings: not "
+                    f"overwritten. Run `vitals init{' --postgres' if postgres else ''} --force` to "
+                    "replace it (yours is kept as dagster.yaml.bak), or merge the changes by hand. "
+                    "Switching between SQLite and PostgreSQL does not carry the run history over."
+                )
+            shutil.copy2(settings, settings.with_name("dagster.yaml.bak"))
+            click.echo(f"Kept the previous settings as {settings.with_name('dagster.yaml.bak')}.")
+        _write_atomically(settings, shipped)
+        click.echo(f"Wrote the shipped {variant} settings to {settings}.")
+    where = _pg_address(pg_url) if postgres else f"SQLite files in {home}"
+    try:
+        if postgres:
+            # One attempt with the driver's own words, before Dagster's ~12 s of retries that
+            # end in "too many retries for DB connection".
+            _check_pg_connection(pg_url)
+        _initialise_storage()
+    except Exception as exc:  # the operator gets what failed and what to do, not a traceback
+        message = _without_password(_describe(exc), pg_url)
+        hint = (
+            f"Check that the server is up, that the database exists and that {PG_URL_VARIABLE} "
+            "names it with the right user and password"
+            if postgres
+            else "Check that the folder is writable and not on a network file system"
+        )
+        raise click.ClickException(
+            f"could not create the instance storage for DAGSTER_HOME={home} in {where}: "
+            f"{message[:2000]}\n{hint}; then run `vitals init{' --postgres' if postgres else ''}` "
+            "again (the settings file is written)."
+        ) from None
+    click.echo(f"Instance storage ready: {where}.")
+    if postgres and not os.environ.get("DAGSTER_EVENT_BATCH_SIZE"):
+        click.echo(
+            "Recommended: DAGSTER_EVENT_BATCH_SIZE=1000 for every process that opens the instance: "
+            "Dagster then stores a run's asset events in batches (see the comments in dagster.yaml)."
+        )
+    if not named:
+        click.echo(
+            f"DAGSTER_HOME is not set: set DAGSTER_HOME={home} for every process that uses this "
+            "instance (Dagster uses a throw-away instance without it)."
+        )
+
+
+def _check_pg_connection(url: str) -> None:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def _describe(exc: BaseException) -> str:
+    """The error and its causes, one line each, without SQLAlchemy's link to its docs."""
+    lines, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(getattr(current, "orig", None) or current).split("(Background on this error")[0]
+        line = f"{type(current).__name__}: {' '.join(text.split())}"
+        if line not in lines:  # SQLAlchemy's error repeats the driver's, its cause
+            lines.append(line)
+        current = current.__cause__ or current.__context__
+    return " <- ".join(lines)
+
+
+def _pg_address(url: str) -> str:
+    """`PostgreSQL database D on H:P`, never the user or password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"PostgreSQL database {parts.path.lstrip('/') or '?'} on {parts.hostname}:{parts.port or 5432}"
+    except ValueError:
+        return "the PostgreSQL database of DAGSTER_PG_URL (which does not parse as a URL)"
+
+
+def _without_password(text: str, url: str) -> str:
+    """`text` with the password of `url` (raw and percent-decoded) blanked out."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password if url else None
+    except ValueError:
+        password = None
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text
 
 
 @main.command()
