@@ -5,8 +5,8 @@ dagster.yaml) against the built-in ACE simulator on the real clock; Playwright d
 Chromium (/usr/bin/chromium; the test fails saying how to install it when it is missing). The
 history is seeded first (see `ui.Plan`): materialized, failed and missing partitions of
 `ui_office/timeseries`. Every step leaves numbered screenshots, and the walk's timings, counts and
-browser console errors in `test-artifacts/ui/test_operator_walk/` beside the webserver, daemon,
-simulator and seeding logs.
+browser console errors in `test-artifacts/ui/test_ui/test_operator_walk/`; the webserver, daemon,
+simulator and seeding logs are one folder up.
 
 Each step is a subtest: one that fails does not stop the walk. Where today's definitions do not
 do what an operator should see, the assertion is written as it should be and marked xfail at that
@@ -42,16 +42,26 @@ def known_gap(holds: bool, reason: str) -> None:
         pytest.xfail(reason)
 
 
-@pytest.fixture
-def walk(request, tmp_path):
+@pytest.fixture(scope="module")
+def stack(request, tmp_path_factory):
+    """One webserver + daemon for this module's walks; their logs in test-artifacts/ui/<module>/."""
     ui.require_chromium()
-    folder = ui.ARTIFACTS / request.node.name
+    folder = ui.ARTIFACTS / request.module.__name__.rsplit(".", 1)[-1]
     shutil.rmtree(folder, ignore_errors=True)
     started = time.monotonic()
-    with ui.ui_stack(folder, tmp_path) as stack:
-        with ui.browser_walk(stack, folder) as walk:
-            walk.timings["start simulator, seed history, webserver + daemon"] = time.monotonic() - started
-            yield walk
+    with ui.ui_stack(folder, tmp_path_factory.mktemp("ui")) as running:
+        running.started_in = time.monotonic() - started
+        yield running
+
+
+@pytest.fixture
+def walk(request, stack):
+    """A fresh browser page; screenshots and walk.md in test-artifacts/ui/<module>/<test>/."""
+    folder = stack.artifacts / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+    with ui.browser_walk(stack, folder) as walk:
+        walk.timings["(module) start simulator, seed history, webserver + daemon"] = stack.started_in
+        yield walk
 
 
 def test_operator_walk(walk, subtests):

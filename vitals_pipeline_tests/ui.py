@@ -29,7 +29,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# Screenshots and process logs, one folder per test; `.ci/run` prints where they are on failure.
+# Process logs one folder per test module, screenshots one folder per test below it; `.ci/run`
+# prints where they are when the tests fail.
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox (CI runs as root), and nothing that phones home: this machine has no network, and
@@ -168,6 +169,7 @@ class UiStack:
     logs: dict[str, Path] = field(default_factory=dict)
     location: str = ""  # the code location's name, as the UI shows it
     repository: str = "__repository__"
+    started_in: float = 0.0  # seconds from nothing to a loaded code location
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         """Ask the webserver's GraphQL endpoint, to check what a page showed (never to act)."""
@@ -486,7 +488,21 @@ class Walk:
     notes: list[str] = field(default_factory=list)
     shots: list[Path] = field(default_factory=list)
 
-    def shot(self, name: str) -> Path:
+    def settle(self, timeout: float = 30) -> bool:
+        """Wait (bounded) until nothing on the page says it is loading; False if it still does."""
+        from playwright.sync_api import expect
+
+        try:
+            expect(self.page.get_by_text(re.compile(r"^Loading"))).to_have_count(0, timeout=timeout * 1000)
+            return True
+        except AssertionError:
+            return False
+
+    def shot(self, name: str, settle: bool = True) -> Path:
+        """A numbered screenshot of the page once it has loaded its data (or 30 s have passed,
+        which the notes then say)."""
+        if settle and not self.settle():
+            self.note(f"screenshot {name}: the page was still loading after 30 s")
         path = self.folder / f"{len(self.shots) + 1:02d}-{name}.png"
         self.page.screenshot(path=str(path))
         self.shots.append(path)
@@ -507,7 +523,7 @@ class Walk:
             yield
         except BaseException:
             with contextlib.suppress(Exception):
-                self.shot(f"{name}-FAILED")
+                self.shot(f"{name}-FAILED", settle=False)
             raise
         finally:
             self.timings[name] = time.monotonic() - started
