@@ -37,7 +37,7 @@ CHECK_NAMES = [
 
 
 def known_gap(holds: bool, reason: str) -> None:
-    """An assertion today's main fails for a known reason: xfail (this subtest only) while it does."""
+    """An assertion today's main fails for a known reason: xfail this subtest while it does."""
     if not holds:
         pytest.xfail(reason)
 
@@ -60,7 +60,9 @@ def walk(request, stack):
     folder = stack.artifacts / request.node.name
     folder.mkdir(parents=True, exist_ok=True)
     with ui.browser_walk(stack, folder) as walk:
-        walk.timings["(module) start simulator, seed history, webserver + daemon"] = stack.started_in
+        walk.timings["(module) start simulator, seed history, webserver + daemon"] = (
+            stack.started_in
+        )
         yield walk
 
 
@@ -77,7 +79,9 @@ def test_operator_walk(walk, subtests):
         catalog = ui.open_site_group(walk, site)
         expected = ui.graphql_group_assets(stack, site)
         assert f"{site}/timeseries" in expected and f"{site}/points" in expected, expected
-        assert set(expected) <= set(catalog), f"the catalog lists {catalog}, the group holds {expected}"
+        assert set(expected) <= set(catalog), (
+            f"the catalog lists {catalog}, the group holds {expected}"
+        )
         missing = ui.asset_group_shows(walk, [key.split("/")[-1] for key in expected])
         assert not missing, f"the {site} group page does not show {missing}"
         walk.note(f"step 1: catalog and group {site} list {', '.join(expected)}")
@@ -91,13 +95,18 @@ def test_operator_walk(walk, subtests):
             if shown == known:
                 break
         assert shown == known, f"the partitions view shows {shown}, the webserver knows {known}"
-        assert shown.selected == shown.failed + shown.materialized + shown.materializing + shown.missing
+        assert (
+            shown.selected
+            == shown.failed + shown.materialized + shown.materializing + shown.missing
+        )
         assert shown.failed == plan.count(plan.failed), shown
         # A partition a schedule run is re-fetching counts as materializing, whatever it was.
-        assert shown.materialized + shown.materializing >= plan.count(plan.materialized) + plan.count(
-            plan.recent
+        assert shown.materialized + shown.materializing >= plan.count(
+            plan.materialized
+        ) + plan.count(plan.recent), shown
+        assert shown.missing + shown.materializing >= plan.count(
+            (plan.failed[1], plan.recent[0])
         ), shown
-        assert shown.missing + shown.materializing >= plan.count((plan.failed[1], plan.recent[0])), shown
         before = shown
         walk.note(
             f"step 2: {site}/timeseries partitions view: {shown.selected} partitions, "
@@ -105,25 +114,32 @@ def test_operator_walk(walk, subtests):
             f"materializing {shown.materializing}, missing {shown.missing}"
         )
 
-    with subtests.test("3 range launched from the asset page is one successful run"), \
-            walk.step("3-launch-range"):
+    with (
+        subtests.test("3 range launched from the asset page is one successful run"),
+        walk.step("3-launch-range"),
+    ):
         launched = time.time()
         backfill_id = ui.launch_range_from_asset_page(walk, site, first, last)
         ui.watch_backfill_run(walk, backfill_id)
         backfill = ui.graphql_backfill(stack, backfill_id)
-        assert len(backfill.runs) == 1, f"backfill {backfill_id} made {len(backfill.runs)} runs: {backfill.runs}"
+        assert len(backfill.runs) == 1, (
+            f"backfill {backfill_id} made {len(backfill.runs)} runs: {backfill.runs}"
+        )
         [run] = backfill.runs
         assert run.status == "SUCCESS", run
         assert run.tags.get("dagster/asset_partition_range_start") == first, run.tags
         assert run.tags.get("dagster/asset_partition_range_end") == last, run.tags
         for key in (first, last):
             shown_runs = ui.open_partition(walk, site, key)
-            assert run.run_id[:8] in shown_runs, f"partition {key} links to {shown_runs}, not run {run.run_id}"
+            assert run.run_id[:8] in shown_runs, (
+                f"partition {key} links to {shown_runs}, not run {run.run_id}"
+            )
         after = ui.read_partition_counts(walk, site, "partitions-after-launch")
         if before is not None:
             assert after.materialized >= before.materialized + 6, (before, after)
         walk.note(
-            f"step 3: backfill {backfill_id} [{first}...{last}] -> one run {run.run_id} {run.status}; "
+            f"step 3: backfill {backfill_id} [{first}...{last}] -> one run {run.run_id} "
+            f"{run.status}; "
             f"launch click -> backfill created {backfill.created - launched:+.1f} s, "
             f"backfill -> run created {run.created - backfill.created:.1f} s, "
             f"run created -> success {run.ended - run.created:.1f} s "
@@ -139,7 +155,8 @@ def test_operator_walk(walk, subtests):
         walk.note(f"step 3: vitals/site tag of the UI-launched run: {tag!r}")
         known_gap(
             tag == site,
-            "runs launched from the asset page carry no vitals/site tag (only the per-site job's runs do)",
+            "runs launched from the asset page carry no vitals/site tag "
+            "(only the per-site job's runs do)",
         )
 
     check = "no_duplicate_samples"
@@ -147,9 +164,15 @@ def test_operator_walk(walk, subtests):
         # A schedule run in progress shows its planned checks as in progress: read between runs.
         for _ in range(3):
             latest = ui.wait_until(
-                lambda: (c := ui.graphql_latest_checks(stack, site))
-                and "IN_PROGRESS" not in c.values() and c,
-                90, "no run of the site in progress", stack.log_tail, interval=1,
+                lambda: (
+                    (c := ui.graphql_latest_checks(stack, site))
+                    and "IN_PROGRESS" not in c.values()
+                    and c
+                ),
+                90,
+                "no run of the site in progress",
+                stack.log_tail,
+                interval=1,
             )
             view = ui.open_site_checks(walk, site, CHECK_NAMES, check)
             if set(view.statuses.values()) == {"Succeeded"}:
@@ -183,7 +206,10 @@ def test_operator_walk(walk, subtests):
             f"{of_run.count('SKIPPED')} Skipped rows for one 6-partition run",
         )
 
-    with subtests.test("5 schedules and sensors running, no tick errors"), walk.step("5-automation"):
+    with (
+        subtests.test("5 schedules and sensors running, no tick errors"),
+        walk.step("5-automation"),
+    ):
         # Each schedule and sensor has ticked at least once (the schedules tick every minute here).
         ui.wait_until(
             lambda: all(i.ticks for i in ui.graphql_instigators(stack).values()),
@@ -205,12 +231,17 @@ def test_operator_walk(walk, subtests):
         assert not errors, f"tick errors: {errors}"
         walk.note(
             "step 5: "
-            + "; ".join(f"{n}: {'on' if r.enabled else 'OFF'}, latest tick {r.latest_tick}, "
-                        f"ticks {','.join(instigators[n].ticks[:5])}" for n, r in rows.items())
+            + "; ".join(
+                f"{n}: {'on' if r.enabled else 'OFF'}, latest tick {r.latest_tick}, "
+                f"ticks {','.join(instigators[n].ticks[:5])}"
+                for n, r in rows.items()
+            )
         )
 
     with subtests.test("browser and logs"):
         assert not walk.page_errors, f"uncaught errors in the UI's JavaScript: {walk.page_errors}"
         for name, path in stack.logs.items():
-            assert ui.SIM_KEY not in path.read_text(errors="replace"), f"the ACE key is in the {name} log"
+            assert ui.SIM_KEY not in path.read_text(errors="replace"), (
+                f"the ACE key is in the {name} log"
+            )
         walk.note(f"browser console errors: {len(walk.console_errors)}")

@@ -4,8 +4,9 @@ temporary DAGSTER_HOME and the built-in ACE simulator, walked in Debian's Chromi
 `ui_stack` starts everything (each process in its own process group, ended by id), `Walk` holds
 the browser page, the screenshots and the timings, and each step of the operator's walk is one
 function here (`open_site_group`, `read_partition_counts`, `launch_range_from_asset_page`,
-`open_site_checks`, `check_automation`), so that they can be adapted when the definitions change
-without touching the test.
+`watch_backfill_run`, `open_partition`, `open_site_checks`, `read_automation`), so that they can
+be adapted when the definitions change without touching the test. The `graphql_*` readers ask the
+webserver what a page should have shown; the steps themselves only use the browser.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from vitals_pipeline.windows import PARTITION, PARTITION_FMT, floor_to_partition, partition_key
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,12 +53,6 @@ INSTALL_HINT = (
 )
 
 SIM_KEY = "sim-key-ui-4d2e"
-PARTITION = timedelta(minutes=5)
-KEY_FMT = "%Y-%m-%d-%H:%M"
-
-
-def partition_key(t: datetime) -> str:
-    return t.strftime(KEY_FMT)
 
 
 def free_port() -> int:
@@ -71,7 +67,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class Plan:
     """The history the walk starts from, for the first site (`site`); the other sites get only
-    their last hour. Times are partition starts (UTC); every stretch is [first, end).
+    the last 65 minutes. Times are partition starts (UTC); every stretch is [first, end).
 
     start ........ +1 h ......... +1 h 30 ...................... closed - 65 min ... closed
     | materialized | failed (key revoked) | missing (the walk launches 6 of them) | materialized |
@@ -87,8 +83,7 @@ class Plan:
 
     @classmethod
     def now(cls, sites: tuple[str, ...]) -> Plan:
-        now = datetime.now(UTC)
-        closed = now.replace(minute=now.minute - now.minute % 5, second=0, microsecond=0)
+        closed = floor_to_partition(datetime.now(UTC))
         start = closed.replace(minute=0) - timedelta(hours=4)
         return cls(sites=sites, start=start, closed=closed)
 
@@ -138,12 +133,22 @@ def seed(plan: Plan) -> None:
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
     def run(keys, stretch=None, must_succeed=True):
-        tags = range_tags(partition_key(stretch[0]), partition_key(stretch[1] - PARTITION)) if stretch else {}
+        tags = (
+            range_tags(partition_key(stretch[0]), partition_key(stretch[1] - PARTITION))
+            if stretch
+            else {}
+        )
         result = job.execute_in_process(
-            instance=instance, asset_selection=keys, tags=tags, run_config=quiet, raise_on_error=False
+            instance=instance,
+            asset_selection=keys,
+            tags=tags,
+            run_config=quiet,
+            raise_on_error=False,
         )
         if result.success != must_succeed:
-            raise SystemExit(f"seeding {keys} {stretch}: run {result.run_id} success={result.success}")
+            raise SystemExit(
+                f"seeding {keys} {stretch}: run {result.run_id} success={result.success}"
+            )
 
     with dg.DagsterInstance.get() as instance:
         run([points_key(s) for s in plan.sites])
@@ -210,8 +215,13 @@ def _end_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, tail: Callable[[], str] = str,
-               interval: float = 0.5):
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    tail: Callable[[], str] = str,
+    interval: float = 0.5,
+):
     """Poll `condition` until it returns something true; fail after `timeout` s saying what."""
     deadline = time.monotonic() + timeout
     while True:
@@ -224,8 +234,9 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, tail: Ca
 
 
 @contextlib.contextmanager
-def ui_stack(artifacts: Path, tmp: Path, sites: tuple[str, ...] = ("ui_office", "ui_lab"),
-             points: int = 40) -> Iterator[UiStack]:
+def ui_stack(
+    artifacts: Path, tmp: Path, sites: tuple[str, ...] = ("ui_office", "ui_lab"), points: int = 40
+) -> Iterator[UiStack]:
     """Simulator (real clock) -> seeded DAGSTER_HOME -> dagster-webserver + dagster-daemon.
 
     Everything runs as the operator would run it: separate processes, the shipped dagster.yaml,
@@ -241,17 +252,36 @@ def ui_stack(artifacts: Path, tmp: Path, sites: tuple[str, ...] = ("ui_office", 
         logs[name] = artifacts / f"{name}.log"
         with open(logs[name], "w") as log:
             process = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         started.append(process)
         return process
 
     try:
         sim_env = {**os.environ, "ACE_SIM_API_KEY": SIM_KEY}
-        sim = spawn("simulator", [str(BIN / "vitals"), "simulate", "--port", "0", "--sites",
-                                  ",".join(sites), "--points", str(points)], sim_env)
+        sim = spawn(
+            "simulator",
+            [
+                str(BIN / "vitals"),
+                "simulate",
+                "--port",
+                "0",
+                "--sites",
+                ",".join(sites),
+                "--points",
+                str(points),
+            ],
+            sim_env,
+        )
         line = wait_until(
-            lambda: _listening(logs["simulator"], sim), 30, "the ACE simulator to listen",
+            lambda: _listening(logs["simulator"], sim),
+            30,
+            "the ACE simulator to listen",
             lambda: logs["simulator"].read_text(),
         )
         env = {
@@ -272,8 +302,14 @@ def ui_stack(artifacts: Path, tmp: Path, sites: tuple[str, ...] = ("ui_office", 
         # Seed before any long-running process opens the instance (see `seed`).
         seeder = spawn(
             "seed",
-            [sys.executable, "-m", "vitals_pipeline_tests.ui", ",".join(sites),
-             plan.start.isoformat(), plan.closed.isoformat()],
+            [
+                sys.executable,
+                "-m",
+                "vitals_pipeline_tests.ui",
+                ",".join(sites),
+                plan.start.isoformat(),
+                plan.closed.isoformat(),
+            ],
             env,
         )
         if seeder.wait(timeout=180) != 0:
@@ -281,13 +317,36 @@ def ui_stack(artifacts: Path, tmp: Path, sites: tuple[str, ...] = ("ui_office", 
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        spawn("webserver", [str(BIN / "dagster-webserver"), "-m", "vitals_pipeline.definitions",
-                            "-h", "127.0.0.1", "-p", str(port)], env)
-        spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-m", "vitals_pipeline.definitions"], env)
-        stack = UiStack(url=url, home=Path(env["DAGSTER_HOME"]), env=env, plan=plan,
-                        artifacts=artifacts, logs=logs)
-        wait_until(lambda: _code_location_loaded(stack, started), 120,
-                   "the webserver to answer and load the code location", stack.log_tail)
+        spawn(
+            "webserver",
+            [
+                str(BIN / "dagster-webserver"),
+                "-m",
+                "vitals_pipeline.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env,
+        )
+        spawn(
+            "daemon", [str(BIN / "dagster-daemon"), "run", "-m", "vitals_pipeline.definitions"], env
+        )
+        stack = UiStack(
+            url=url,
+            home=Path(env["DAGSTER_HOME"]),
+            env=env,
+            plan=plan,
+            artifacts=artifacts,
+            logs=logs,
+        )
+        wait_until(
+            lambda: _code_location_loaded(stack, started),
+            120,
+            "the webserver to answer and load the code location",
+            stack.log_tail,
+        )
         yield stack
     finally:
         for process in reversed(started):
@@ -306,7 +365,9 @@ def _listening(log: Path, process: subprocess.Popen) -> str | None:
 def _code_location_loaded(stack: UiStack, started: list[subprocess.Popen]) -> bool:
     for process in started[-2:]:
         if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited ({process.returncode}):\n{stack.log_tail()}")
+            raise AssertionError(
+                f"{process.args[0]} exited ({process.returncode}):\n{stack.log_tail()}"
+            )
     try:
         httpx.get(f"{stack.url}/server_info", timeout=5).raise_for_status()
         data = stack.graphql(
@@ -322,11 +383,11 @@ def _code_location_loaded(stack: UiStack, started: list[subprocess.Popen]) -> bo
         loaded = entry["locationOrLoadError"] or {}
         if loaded.get("__typename") == "PythonError":
             raise AssertionError(
-                f"code location {entry['name']} failed to load: {loaded.get('message')}\n{stack.log_tail()}"
+                f"code location {entry['name']} failed to load: {loaded.get('message')}\n"
+                + stack.log_tail()
             )
     stack.location = entries[0]["name"]
     return True
-
 
 
 # --- what the webserver knows (to check what a page showed) ------------------------------------
@@ -363,8 +424,13 @@ def graphql_partition_counts(stack: UiStack, site: str) -> PartitionCounts:
 def graphql_group_assets(stack: UiStack, group: str) -> list[str]:
     data = stack.graphql(
         "query($group: AssetGroupSelector!) { assetNodes(group: $group) { assetKey { path } } }",
-        {"group": {"groupName": group, "repositoryName": stack.repository,
-                   "repositoryLocationName": stack.location}},
+        {
+            "group": {
+                "groupName": group,
+                "repositoryName": stack.repository,
+                "repositoryLocationName": stack.location,
+            }
+        },
     )
     return sorted("/".join(node["assetKey"]["path"]) for node in data["assetNodes"])
 
@@ -397,8 +463,14 @@ def graphql_backfill(stack: UiStack, backfill_id: str) -> Backfill:
     if data["__typename"] != "PartitionBackfill":
         raise AssertionError(f"backfill {backfill_id}: {data}")
     runs = [
-        RunRecord(r["runId"], r["status"], r["creationTime"], r["startTime"], r["endTime"],
-                  {t["key"]: t["value"] for t in r["tags"]})
+        RunRecord(
+            r["runId"],
+            r["status"],
+            r["creationTime"],
+            r["startTime"],
+            r["endTime"],
+            {t["key"]: t["value"] for t in r["tags"]},
+        )
         for r in data["runs"]
     ]
     return Backfill(backfill_id, data["status"], data["timestamp"], runs)
@@ -424,9 +496,7 @@ def graphql_latest_checks(stack: UiStack, site: str) -> dict[str, str | None]:
         {"path": [site, "timeseries"]},
     )
     checks = data["assetNodeOrError"]["assetChecksOrError"]["checks"]
-    return {
-        c["name"]: (c["executionForLatestMaterialization"] or {}).get("status") for c in checks
-    }
+    return {c["name"]: (c["executionForLatestMaterialization"] or {}).get("status") for c in checks}
 
 
 @dataclass(frozen=True)
@@ -442,13 +512,17 @@ class Instigator:
 
 def graphql_instigators(stack: UiStack, ticks: int = 20) -> dict[str, Instigator]:
     data = stack.graphql(
-        "query($repo: RepositorySelector!, $ticks: Int!) { repositoryOrError(repositorySelector: $repo)"
+        "query($repo: RepositorySelector!, $ticks: Int!) {"
+        " repositoryOrError(repositorySelector: $repo)"
         " { ... on Repository {"
-        " schedules { name scheduleState { status ticks(limit: $ticks) { status error { message } } } }"
+        " schedules { name scheduleState { status"
+        " ticks(limit: $ticks) { status error { message } } } }"
         " sensors { name sensorState { status ticks(limit: $ticks) { status error { message } } } }"
         " } } }",
-        {"repo": {"repositoryLocationName": stack.location, "repositoryName": stack.repository},
-         "ticks": ticks},
+        {
+            "repo": {"repositoryLocationName": stack.location, "repositoryName": stack.repository},
+            "ticks": ticks,
+        },
     )["repositoryOrError"]
     found = {}
     for kind, state_field in (("schedules", "scheduleState"), ("sensors", "sensorState")):
@@ -459,7 +533,11 @@ def graphql_instigators(stack: UiStack, ticks: int = 20) -> dict[str, Instigator
                 kind=kind,
                 status=state["status"],
                 ticks=[t["status"] for t in state["ticks"]],
-                errors=[(t["error"] or {}).get("message", "") for t in state["ticks"] if t["status"] == "FAILURE"],
+                errors=[
+                    (t["error"] or {}).get("message", "")
+                    for t in state["ticks"]
+                    if t["status"] == "FAILURE"
+                ],
             )
     return found
 
@@ -493,7 +571,9 @@ class Walk:
         from playwright.sync_api import expect
 
         try:
-            expect(self.page.get_by_text(re.compile(r"^Loading"))).to_have_count(0, timeout=timeout * 1000)
+            expect(self.page.get_by_text(re.compile(r"^Loading"))).to_have_count(
+                0, timeout=timeout * 1000
+            )
             return True
         except AssertionError:
             return False
@@ -532,8 +612,12 @@ class Walk:
         lines = ["# The operator's walk through the Dagster UI", ""]
         lines += ["## Step timings", ""] + [f"- {k}: {v:.1f} s" for k, v in self.timings.items()]
         lines += ["", "## What the walk saw", ""] + [f"- {n}" for n in self.notes]
-        lines += ["", "## Browser console errors", ""] + ([f"- {e}" for e in self.console_errors] or ["- none"])
-        lines += ["", "## Uncaught page errors", ""] + ([f"- {e}" for e in self.page_errors] or ["- none"])
+        lines += ["", "## Browser console errors", ""] + (
+            [f"- {e}" for e in self.console_errors] or ["- none"]
+        )
+        lines += ["", "## Uncaught page errors", ""] + (
+            [f"- {e}" for e in self.page_errors] or ["- none"]
+        )
         lines += ["", "## Screenshots", ""] + [f"- {p.name}" for p in self.shots]
         return "\n".join(lines) + "\n"
 
@@ -547,12 +631,16 @@ def browser_walk(stack: UiStack, folder: Path) -> Iterator[Walk]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1600, "height": 1000}, timezone_id="UTC")
+            context = browser.new_context(
+                viewport={"width": 1600, "height": 1000}, timezone_id="UTC"
+            )
             page = context.new_page()
             # Generous but bounded: a busy 2-core machine serves some GraphQL queries slowly.
             page.set_default_timeout(30_000)
             walk = Walk(page=page, stack=stack, folder=folder)
-            page.on("console", lambda m: m.type == "error" and walk.console_errors.append(m.text[:500]))
+            page.on(
+                "console", lambda m: m.type == "error" and walk.console_errors.append(m.text[:500])
+            )
             page.on("pageerror", lambda e: walk.page_errors.append(str(e)[:500]))
             # A new instance greets its first visitor with a newsletter dialog over any page;
             # an operator skips it, whenever it shows up.
@@ -600,8 +688,12 @@ def asset_group_shows(walk: Walk, names: list[str]) -> list[str]:
     return [n for n in names if walk.page.get_by_text(n, exact=True).count() == 0]
 
 
-_COUNT_LABELS = {"failed": "Failed", "materialized": "Materialized",
-                 "materializing": "Materializing", "missing": "Missing"}
+_COUNT_LABELS = {
+    "failed": "Failed",
+    "materialized": "Materialized",
+    "materializing": "Materializing",
+    "missing": "Missing",
+}
 
 
 def read_partition_counts(walk: Walk, site: str, name: str = "partitions") -> PartitionCounts:
@@ -644,8 +736,8 @@ def launch_range_from_asset_page(walk: Walk, site: str, first: str, last: str) -
 
 
 def _partition_count(first: str, last: str) -> int:
-    start = datetime.strptime(first, KEY_FMT)
-    end = datetime.strptime(last, KEY_FMT)
+    start = datetime.strptime(first, PARTITION_FMT)
+    end = datetime.strptime(last, PARTITION_FMT)
     return int((end - start) / PARTITION) + 1
 
 
@@ -657,19 +749,24 @@ def watch_backfill_run(walk: Walk, backfill_id: str, timeout: float = 120) -> No
     deadline = time.monotonic() + timeout
     shown_running = False
     while True:
-        statuses = page.get_by_text(re.compile(r"^(Queued|Starting|Started|Success|Failure|Canceled)$"))
+        statuses = page.get_by_text(
+            re.compile(r"^(Queued|Starting|Started|Success|Failure|Canceled)$")
+        )
         seen = {statuses.nth(i).inner_text() for i in range(statuses.count())}
         if "Success" in seen:
             break
         if seen & {"Failure", "Canceled"}:
             walk.shot("backfill-run-failed")
-            raise AssertionError(f"backfill {backfill_id}: its run ended {seen}\n{walk.stack.log_tail()}")
+            raise AssertionError(
+                f"backfill {backfill_id}: its run ended {seen}\n{walk.stack.log_tail()}"
+            )
         if seen and not shown_running:
             walk.shot("backfill-run-in-progress")
             shown_running = True
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"backfill {backfill_id}: no successful run after {timeout:.0f} s (seen {seen or 'no run'})"
+                f"backfill {backfill_id}: no successful run after {timeout:.0f} s "
+                f"(seen {seen or 'no run'})"
                 f"\n{walk.stack.log_tail()}"
             )
         # The page polls by itself, but only every ~15 s.
@@ -688,7 +785,9 @@ def open_partition(walk: Walk, site: str, key: str) -> list[str]:
     page.get_by_text(key, exact=True).first.click()
     page.get_by_text("Latest materialization").first.wait_for()
     page.locator('a[href^="/runs/"]').first.wait_for()
-    links = page.locator('a[href^="/runs/"]').evaluate_all("links => links.map(a => a.innerText.trim())")
+    links = page.locator('a[href^="/runs/"]').evaluate_all(
+        "links => links.map(a => a.innerText.trim())"
+    )
     walk.shot(f"partition-{key.replace(':', '')}")
     return links
 
@@ -700,8 +799,16 @@ class ChecksView:
     history: list[tuple[str, str]]  # the opened check's Execution history: (result, description)
 
 
-_CHECK_STATUSES = {"Succeeded", "Failed", "Not evaluated", "Skipped", "Execution failed", "In progress",
-                   "Warning", "Passed"}
+_CHECK_STATUSES = {
+    "Succeeded",
+    "Failed",
+    "Not evaluated",
+    "Skipped",
+    "Execution failed",
+    "In progress",
+    "Warning",
+    "Passed",
+}
 
 
 def open_site_checks(walk: Walk, site: str, names: list[str], check: str) -> ChecksView:
@@ -726,7 +833,9 @@ def open_site_checks(walk: Walk, site: str, names: list[str], check: str) -> Che
     walk.shot("checks")
 
     page.get_by_text(check, exact=True).first.click()
-    page.get_by_role("tab", name="Execution history").or_(page.get_by_text("Execution history", exact=True)).first.click()
+    page.get_by_role("tab", name="Execution history").or_(
+        page.get_by_text("Execution history", exact=True)
+    ).first.click()
     rows = page.locator("table tbody tr")
     rows.first.wait_for()
     history = []
@@ -742,7 +851,9 @@ def open_site_checks(walk: Walk, site: str, names: list[str], check: str) -> Che
 @dataclass(frozen=True)
 class AutomationRow:
     enabled: bool
-    latest_tick: str  # the latest-tick icon: "done" (succeeded), "status" (skipped), "warning" (failed), "missing" (none yet)
+    # The latest-tick icon: "done" (succeeded), "status" (skipped), "warning" (failed),
+    # "missing" (no tick yet).
+    latest_tick: str
 
 
 _TICK_ICONS = {"done", "status", "warning", "missing"}
@@ -780,8 +891,13 @@ def read_automation(walk: Walk, instigators: dict[str, Instigator]) -> dict[str,
     return found
 
 
-
 if __name__ == "__main__":
     # `python -m vitals_pipeline_tests.ui SITES START CLOSED`: the seeding child of `ui_stack`.
     names, start_at, closed_at = sys.argv[1:4]
-    seed(Plan(tuple(names.split(",")), datetime.fromisoformat(start_at), datetime.fromisoformat(closed_at)))
+    seed(
+        Plan(
+            tuple(names.split(",")),
+            datetime.fromisoformat(start_at),
+            datetime.fromisoformat(closed_at),
+        )
+    )
