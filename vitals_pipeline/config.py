@@ -24,7 +24,7 @@ DEFAULT_LOOKBACK_MINUTES = 10
 # Without VITALS_PARTITIONS_START the partitions begin this long before today (UTC midnight).
 DEFAULT_HISTORY_DAYS = 7
 # Fleet runs: sites fetched at once (also the cap on requests in flight to ACE), a site's time
-# budget per hour of window, sites per scheduled run, how often an unchanged check is re-recorded.
+# budget per hour of window, sites per step of a run, how often an unchanged check is re-recorded.
 DEFAULT_FETCH_CONCURRENCY = 16
 DEFAULT_SITE_BUDGET_SECONDS = 30
 DEFAULT_SHARD_SIZE = 500
@@ -51,6 +51,11 @@ class Settings:
     shard_size: int = DEFAULT_SHARD_SIZE
     check_repeat_minutes: int = DEFAULT_CHECK_REPEAT_MINUTES
 
+    @property
+    def site_shards(self) -> list[tuple[str, ...]]:
+        """The sites in consecutive groups of at most `shard_size`: one step of a run each."""
+        return [self.sites[i : i + self.shard_size] for i in range(0, len(self.sites), self.shard_size)]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, now: datetime | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -73,7 +78,7 @@ class Settings:
             ),
             shard_size=parse_int(
                 env, "VITALS_SHARD_SIZE", DEFAULT_SHARD_SIZE, low=1, high=10_000,
-                why="sites per scheduled run",
+                why="sites per step of a run: one process stores a step's sites one after another",
             ),
             check_repeat_minutes=parse_check_repeat(env.get("VITALS_CHECK_REPEAT_MINUTES")),
         )

@@ -14,7 +14,7 @@ from vitals_pipeline.assets.hourly import build_automation_sensor, build_hourly_
 from vitals_pipeline.assets.keys import points_key
 from vitals_pipeline.assets.points import build_points_asset
 from vitals_pipeline.assets.quality_daily import build_quality_daily
-from vitals_pipeline.assets.timeseries import build_timeseries_asset
+from vitals_pipeline.assets.timeseries import build_timeseries_assets
 from vitals_pipeline.assets.weather import build_weather_asset, weather_key
 from vitals_pipeline.automation import build_automation, with_timeseries_freshness
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -28,9 +28,10 @@ from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 def build_definitions(settings: Settings) -> dg.Definitions:
     # Data-quality thresholds and the VITALS_CHECKS switch, read once (checks/thresholds.py).
     quality = QualityThresholds.from_env()
-    # One multi_asset per kind for the whole fleet: a run covers any subset of the sites.
+    # Multi_assets for the whole fleet (the timeseries one per shard of sites): a run covers any
+    # subset of the sites.
     fleet = [
-        build_timeseries_asset(settings, quality),
+        *build_timeseries_assets(settings, quality),
         build_points_asset(settings),
         build_weather_asset(settings),
     ]

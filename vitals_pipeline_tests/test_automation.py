@@ -36,10 +36,9 @@ from vitals_pipeline.automation.gaps import (
     catchup_window,
     find_gaps,
     scheduled_window,
-    shards,
 )
 from vitals_pipeline.automation.jobs import FLEET_JOB
-from vitals_pipeline.automation.runs import SHARD_TAG, TRIGGER_TAG
+from vitals_pipeline.automation.runs import TRIGGER_TAG
 from vitals_pipeline.automation.schedules import SCHEDULE_NAME
 from vitals_pipeline.automation.sensors import CATCHUP_SENSOR_NAME, plan_catchup
 from vitals_pipeline.automation.settings import AutomationSettings
@@ -156,15 +155,11 @@ def test_find_gaps_splits_contiguous_runs_and_bounds_their_size():
 
 def test_batch_gaps_puts_sites_missing_the_same_stretch_in_one_run_newest_first():
     old, new = Gap(("2026-03-09-09:00", "2026-03-09-09:05")), Gap(("2026-03-09-10:00",))
-    batches = batch_gaps({"a": [old, new], "b": [new], "c": [new], "d": [old]}, shard_size=2)
+    batches = batch_gaps({"a": [old, new], "b": [new], "c": [new], "d": [old]})
     assert [(b.first, b.last, b.sites) for b in batches] == [
-        ("2026-03-09-10:00", "2026-03-09-10:00", ("a", "b")),
-        ("2026-03-09-10:00", "2026-03-09-10:00", ("c",)),
+        ("2026-03-09-10:00", "2026-03-09-10:00", ("a", "b", "c")),
         ("2026-03-09-09:00", "2026-03-09-09:05", ("a", "d")),
     ]
-    assert shards(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
-    with pytest.raises(ValueError):
-        shards(["a"], 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,10 +286,10 @@ def test_schedule_tick_requests_one_range_run(pipeline_env, tick, first, last):
     data = evaluate_schedule(defs, at(tick))
     [request] = data.run_requests
     assert request.asset_selection == [timeseries_key(SITE)]
-    assert request.tags[TRIGGER_TAG] == "schedule" and request.tags[SHARD_TAG] == "1/1"
+    assert request.tags[TRIGGER_TAG] == "schedule"
     assert request.tags["dagster/asset_partition_range_start"] == first
     assert request.tags["dagster/asset_partition_range_end"] == last
-    assert request.run_key == f"schedule:{first}...{last}:1/1"
+    assert request.run_key == f"schedule:{first}...{last}"
     assert request.partition_key is None  # a range, not one partition
     # The same tick evaluated again asks for the same run.
     assert evaluate_schedule(defs, at(tick)).run_requests[0].run_key == request.run_key
@@ -361,7 +356,6 @@ def plan(instance, live: Live, **kwargs):
         now=live.now,
         hours=24,
         partitions_start=live.start,
-        shard_size=500,
         **kwargs,
     )
 

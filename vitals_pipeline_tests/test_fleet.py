@@ -170,13 +170,13 @@ def test_catchup_retries_only_the_failed_site_and_fills_it(fleet):
     now = partition_start(LAST) + timedelta(minutes=12)  # 11:22: the catch-up window ends at 11:15
     plan = plan_catchup(
         fleet.instance, SITES, fleet.partitions, now=now, hours=1,
-        partitions_start=fleet.settings.partitions_start, shard_size=100,
+        partitions_start=fleet.settings.partitions_start,
     )
     # Just failed, nothing materialized since for that site: held for a quarter hour.
     assert plan.requests == [] and any(BROKEN in reason for reason in plan.held)
     plan = plan_catchup(
         fleet.instance, SITES, fleet.partitions, now=now, hours=1,
-        partitions_start=fleet.settings.partitions_start, shard_size=100,
+        partitions_start=fleet.settings.partitions_start,
         retry_after=timedelta(0),
     )
     # The window is 10:15..11:10: only the broken site's three partitions need a run.
@@ -208,7 +208,7 @@ def test_a_paused_site_is_left_out_of_ticks_and_catchup(fleet):
     assert sorted(k.path[0] for k in request.asset_selection) == sorted(HEALTHY)
     plan = plan_catchup(
         fleet.instance, SITES, fleet.partitions, now=SIM_NOW, hours=1,
-        partitions_start=fleet.settings.partitions_start, shard_size=100,
+        partitions_start=fleet.settings.partitions_start,
     )
     assert all(BROKEN not in {k.path[0] for k in r.asset_selection} for r in plan.requests)
     assert plan.requests, "the other sites' hour is missing and requested"
@@ -231,27 +231,38 @@ def test_the_pause_job_switches_a_site_from_the_launchpad(fleet):
     assert paused_sites(fleet.instance) == set()
 
 
-def test_after_an_outage_every_site_is_caught_up_by_a_few_batched_runs(fleet):
+def test_after_an_outage_every_site_is_caught_up_by_one_batched_run(fleet):
     fleet.sim.faults.site_status = {}
     plan = plan_catchup(
         fleet.instance, SITES, fleet.partitions, now=SIM_NOW, hours=2,
-        partitions_start=fleet.settings.partitions_start, shard_size=3,
+        partitions_start=fleet.settings.partitions_start,
     )
-    # 2 h missing for 4 sites: one stretch, in shards of at most 3 sites: 2 runs, not 4.
-    assert len(plan.requests) == 2
-    assert sorted(len(r.asset_selection) for r in plan.requests) == [1, 3]
-    ranges = {(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
-              for r in plan.requests}
-    assert ranges == {("2026-03-10-09:55", "2026-03-10-11:50")}
+    # 2 h missing for 4 sites: one stretch, one run for all of them (not one per site).
+    [request] = plan.requests
+    assert sorted(k.path[0] for k in request.asset_selection) == sorted(SITES)
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == ("2026-03-10-09:55", "2026-03-10-11:50")
 
 
-def test_the_schedule_cuts_the_fleet_into_shards(fleet):
-    settings = Settings.from_env({**fleet.env, "VITALS_SHARD_SIZE": "3"})
-    requests = plan_tick(SIM_NOW + timedelta(minutes=1), SITES, set(), settings)
-    assert [len(r.asset_selection) for r in requests] == [3, 1]
-    assert {r.tags["vitals/shard"] for r in requests} == {"1/2", "2/2"}
-    assert all(r.tags["dagster/asset_partition_range_end"] == "2026-03-10-11:55" for r in requests)
-    assert len({r.run_key for r in requests}) == 2
+def test_shards_are_steps_of_one_run_and_a_failing_shard_stops_no_other(monkeypatch, fleet):
+    monkeypatch.setenv("VITALS_SHARD_SIZE", "3")
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    [request] = plan_tick(SIM_NOW + timedelta(minutes=1), SITES, set(), settings)
+    assert len(request.asset_selection) == len(SITES)  # one run for the tick
+    result = defs.resolve_job_def(FLEET_JOB).execute_in_process(
+        instance=fleet.instance, asset_selection=request.asset_selection, tags=request.tags,
+        run_config=QUIET, raise_on_error=False,
+    )
+    steps = {e.step_key for e in result.all_events if e.is_step_start}
+    assert steps == {"timeseries_shard_1", "timeseries_shard_2"}
+    # The broken site is in the second shard (the sites' order): only that step fails.
+    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    assert failed == {"timeseries_shard_2"}
+    first = request.tags["dagster/asset_partition_range_start"]
+    last = request.tags["dagster/asset_partition_range_end"]
+    for site in HEALTHY:
+        assert set(fleet.status(site, first, last).values()) == {M}, site
 
 
 def test_definitions_register_one_schedule_and_one_catchup_sensor_for_the_fleet(fleet):

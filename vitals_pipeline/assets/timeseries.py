@@ -78,9 +78,27 @@ def fetch_concurrency(settings: Settings, window: Window) -> int:
     return max(1, min(settings.fetch_concurrency, settings.fetch_concurrency * 36 // window.partitions))
 
 
-def build_timeseries_asset(settings: Settings, quality: QualityThresholds) -> dg.AssetsDefinition:
-    """The multi_asset of every configured site's `<site>/timeseries` (and its checks)."""
-    sites = list(settings.sites)
+def shard_op_name(index: int, count: int) -> str:
+    """The step of shard `index` (0-based) of `count`: `timeseries` when there is one."""
+    return "timeseries" if count == 1 else f"timeseries_shard_{index + 1}"
+
+
+def build_timeseries_assets(settings: Settings, quality: QualityThresholds) -> list[dg.AssetsDefinition]:
+    """One multi_asset per shard of VITALS_SHARD_SIZE sites: the steps of a fleet run. One process
+    runs them one after another (in-process executor); an executor that spreads steps over
+    machines runs them side by side."""
+    shards = settings.site_shards
+    return [
+        build_timeseries_asset(settings, quality, shard, shard_op_name(i, len(shards)))
+        for i, shard in enumerate(shards)
+    ]
+
+
+def build_timeseries_asset(
+    settings: Settings, quality: QualityThresholds, sites=None, name: str = "timeseries"
+) -> dg.AssetsDefinition:
+    """The multi_asset of `sites`' `<site>/timeseries` (and their checks); all sites by default."""
+    sites = list(settings.sites if sites is None else sites)
     outs = {
         output_name(site, "timeseries"): dg.AssetOut(
             key=timeseries_key(site),
@@ -109,7 +127,7 @@ def build_timeseries_asset(settings: Settings, quality: QualityThresholds) -> dg
     )
 
     @dg.multi_asset(
-        name="timeseries",
+        name=name,
         outs=outs,
         partitions_def=five_minute_partitions(settings),
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -127,7 +145,7 @@ def build_timeseries_asset(settings: Settings, quality: QualityThresholds) -> dg
         """The selected sites' samples for the run's window (one partition, or a whole range in
         one run), fetched concurrently, stored site by site; failed sites fail their own
         partitions and are named in the step's error."""
-        yield from sync_timeseries(context, ace, warehouse, settings, quality)
+        yield from sync_timeseries(context, ace, warehouse, settings, quality, sites)
 
     return timeseries
 
@@ -138,10 +156,11 @@ def sync_timeseries(
     warehouse: DuckDBWarehouse,
     settings: Settings,
     quality: QualityThresholds,
+    shard: list[str],
 ) -> Iterator:
     tw = context.partition_time_window
     window = Window(tw.start.astimezone(UTC), tw.end.astimezone(UTC))
-    sites = selected_sites(context, settings.sites, timeseries_key)
+    sites = selected_sites(context, shard, timeseries_key)
     use_system_allocator()
     defer_pandas_in_pyarrow()
     budget = site_budget_seconds(settings, window)

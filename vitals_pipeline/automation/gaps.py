@@ -108,13 +108,6 @@ def marker_for(gap: Gap, planned_ids: Mapping[str, int]) -> int:
     return max((planned_ids.get(key, 0) for key in gap.keys), default=0)
 
 
-def shards(sites: Sequence[str], size: int) -> list[list[str]]:
-    """`sites` in consecutive groups of at most `size` (the sites of one run)."""
-    if size < 1:
-        raise ValueError("shard size must be at least 1")
-    return [list(sites[i : i + size]) for i in range(0, len(sites), size)]
-
-
 @dataclass(frozen=True)
 class Batch:
     """One catch-up run: the same partitions `first`..`last` of several sites."""
@@ -124,18 +117,13 @@ class Batch:
     sites: tuple[str, ...]
 
 
-def batch_gaps(gaps_by_site: Mapping[str, Sequence[Gap]], shard_size: int) -> list[Batch]:
-    """The sites' gaps as runs, newest first: sites missing the same stretch share a run (at most
-    `shard_size` sites each), so an outage that hit every site is filled by a few runs, not one
-    per site and gap."""
+def batch_gaps(gaps_by_site: Mapping[str, Sequence[Gap]]) -> list[Batch]:
+    """The sites' gaps as runs, newest first: sites missing the same stretch share a run, so an
+    outage that hit every site is filled by a few runs, not one per site and gap."""
     sites_by_stretch: dict[tuple[str, str], list[str]] = {}
     for site, gaps in gaps_by_site.items():
         for gap in gaps:
             sites_by_stretch.setdefault((gap.first, gap.last), []).append(site)
-    batches = [
-        Batch(first, last, tuple(group))
-        for (first, last), sites in sites_by_stretch.items()
-        for group in shards(sites, shard_size)
-    ]
+    batches = [Batch(first, last, tuple(sites)) for (first, last), sites in sites_by_stretch.items()]
     # Newest first; of stretches ending together, the bigger batch first.
     return sorted(batches, key=lambda b: (b.last, len(b.sites)), reverse=True)

@@ -17,7 +17,6 @@ from vitals_pipeline.windows import window_for_keys
 
 SITE_TAG = "vitals/site"  # the site's schema name (the asset key prefix)
 TRIGGER_TAG = "vitals/trigger"  # "schedule" | "catchup"
-SHARD_TAG = "vitals/shard"  # "i/n": the schedule's runs of one tick
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 PARTITION_TAG = "dagster/partition"

@@ -1,5 +1,5 @@
-"""The fleet schedule: every 5 minutes, one run per shard of sites over the newest closed partition
-and the lookback before it."""
+"""The fleet schedule: every 5 minutes, one run for every active site over the newest closed
+partition and the lookback before it (one step per shard of VITALS_SHARD_SIZE sites)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from vitals_pipeline.assets.keys import range_tags, timeseries_key, window_keys
-from vitals_pipeline.automation.gaps import scheduled_window, shards
+from vitals_pipeline.automation.gaps import scheduled_window
 from vitals_pipeline.automation.pause import paused_sites
-from vitals_pipeline.automation.runs import SHARD_TAG, TRIGGER_TAG
+from vitals_pipeline.automation.runs import TRIGGER_TAG
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.names import schema_name
@@ -22,8 +22,8 @@ SCHEDULE_NAME = "fleet_timeseries_schedule"
 def plan_tick(
     tick: datetime, sites: Sequence[str], paused: set[str], settings: Settings
 ) -> list[dg.RunRequest] | dg.SkipReason:
-    """The runs of one tick: the window of the newest closed partition + lookback, the active
-    sites cut into shards of VITALS_SHARD_SIZE, one RunRequest each."""
+    """The run of one tick: the window of the newest closed partition + lookback, every site
+    that is not paused."""
     window = scheduled_window(tick, timedelta(minutes=settings.lookback_minutes), settings.partitions_start)
     if window is None:
         return dg.SkipReason(
@@ -34,18 +34,12 @@ def plan_tick(
     if not active:
         return dg.SkipReason(f"every site is paused ({len(sites)}); `vitals resume SITE` resumes one")
     first, last = window_keys(window)
-    groups = shards(active, settings.shard_size)
     return [
         dg.RunRequest(
-            run_key=f"schedule:{first}...{last}:{i + 1}/{len(groups)}",
-            asset_selection=[timeseries_key(site) for site in group],
-            tags={
-                **range_tags(first, last),
-                TRIGGER_TAG: "schedule",
-                SHARD_TAG: f"{i + 1}/{len(groups)}",
-            },
+            run_key=f"schedule:{first}...{last}",
+            asset_selection=[timeseries_key(site) for site in active],
+            tags={**range_tags(first, last), TRIGGER_TAG: "schedule"},
         )
-        for i, group in enumerate(groups)
     ]
 
 
@@ -61,8 +55,8 @@ def build_fleet_schedule(
         job=job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=(
-            f"Every site ({len(sites)}): one run per {settings.shard_size} sites over the newest "
-            f"closed 5-minute partition and the {settings.lookback_minutes} minutes before it (late "
+            f"Every site ({len(sites)}): one run over the newest closed 5-minute partition and the "
+            f"{settings.lookback_minutes} minutes before it (late "
             "samples land on the next ticks). Ticks a minute after each 5-minute boundary, UTC. "
             "Paused sites are left out."
         ),

@@ -85,7 +85,6 @@ def plan_catchup(
     now: datetime,
     hours: int,
     partitions_start: datetime,
-    shard_size: int,
     retry_after: timedelta = RETRY_AFTER_FAILURE,
     max_partitions: int = MAX_RUN_PARTITIONS,
     max_runs: int = MAX_RUNS_PER_TICK,
@@ -144,7 +143,7 @@ def plan_catchup(
         if due:
             plan.gaps[site] = due
 
-    for batch in batch_gaps(plan.gaps, shard_size):
+    for batch in batch_gaps(plan.gaps):
         if len(plan.requests) >= max_runs:
             plan.held.append(
                 f"{batch.first}...{batch.last} of {len(batch.sites)} sites waits for the next "
@@ -204,7 +203,7 @@ def build_catchup_sensor(
         description=(
             f"Every site ({len(sites)}): missing or failed partitions of the last "
             f"{automation.catchup_hours} h get range runs, sites missing the same stretch in one "
-            f"run (at most {settings.shard_size} sites and {MAX_RUN_PARTITIONS} partitions a run, "
+            f"run (at most {MAX_RUN_PARTITIONS} partitions a run, "
             f"{MAX_RUNS_PER_TICK} runs a tick, newest first), so an outage of the daemon or of the "
             "API heals by itself. Paused sites are left alone; older gaps are a backfill."
         ),
@@ -217,7 +216,6 @@ def build_catchup_sensor(
             now=_utcnow(),
             hours=automation.catchup_hours,
             partitions_start=settings.partitions_start,
-            shard_size=settings.shard_size,
         )
         for reason in plan.held[:20]:
             context.log.info(reason)
