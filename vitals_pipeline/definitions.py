@@ -38,29 +38,25 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     # Freshness is policy, set once here for every site's timeseries asset.
     fleet = dg.map_asset_specs(with_timeseries_freshness, fleet)
     automation = build_automation(settings)
-    # Per site, derived from the stored samples (roll-up, archive); declarative automation,
-    # evaluated by one sensor (see assets/hourly.py).
+    # Derived from the stored samples (hourly roll-up, daily archive and quality), one
+    # multi_asset each for the fleet; declarative automation, evaluated by one sensor with the
+    # points' and the weather's (see assets/hourly.py).
     derived = [
-        build(site, settings)
-        for site in settings.sites
-        for build in (build_hourly_asset, build_archive_asset)
+        build_hourly_asset(settings),
+        build_archive_asset(settings),
+        *build_quality_daily(settings, quality),
     ]
-    # Per site, the daily quality roll-up and the sensor that automates it (assets/quality_daily.py).
-    quality_daily, quality_sensors = build_quality_daily(settings, quality)
+    automated = [
+        *(points_key(site) for site in settings.sites),
+        *(weather_key(site) for site in settings.sites),
+        *(key for assets_def in derived for key in assets_def.keys),
+    ]
     warehouse = DuckDBWarehouse(database=settings.duckdb_path)
     return dg.Definitions(
-        assets=[*fleet, *derived, *quality_daily],
+        assets=[*fleet, *derived],
         jobs=automation.jobs,
         schedules=automation.schedules,
-        sensors=[
-            *automation.sensors,
-            build_automation_sensor(
-                [a.key for a in derived]
-                + [points_key(site) for site in settings.sites]
-                + [weather_key(site) for site in settings.sites]
-            ),
-            *quality_sensors,
-        ],
+        sensors=[*automation.sensors, build_automation_sensor(automated)],
         resources={
             "ace": AceResource(api_url=settings.api_url, page_size=settings.page_size),
             "warehouse": warehouse,

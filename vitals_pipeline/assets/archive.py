@@ -23,25 +23,17 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import duckdb
 
+from vitals_pipeline.assets.fleet import SiteFailures, selected_sites
 from vitals_pipeline.assets.hourly import rollup_automation
-from vitals_pipeline.assets.keys import timeseries_dep, timeseries_key
+from vitals_pipeline.assets.keys import DAY_FMT, daily_partitions, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse
-from vitals_pipeline.storage.duckdb_io import naive_utc
+from vitals_pipeline.storage.duckdb_io import naive_utc, table_exists
 
 DAY = timedelta(days=1)
-DAY_FMT = "%Y-%m-%d"
 ARCHIVE_CHECK = "archive_row_count_matches"
 ARCHIVE_FILE = "part-0.parquet"
-
-
-def daily_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
-    """UTC days from VITALS_PARTITIONS_START floored to midnight."""
-    start = settings.partitions_start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return dg.TimeWindowPartitionsDefinition(
-        cron_schedule="0 0 * * *", start=start.strftime(DAY_FMT), fmt=DAY_FMT, timezone="UTC"
-    )
 
 
 def is_remote(uri: str) -> bool:
@@ -103,12 +95,7 @@ def export_day(
     written) when the file would lose rows, unless `allow_fewer_rows`.
     """
     table = qualified_name(conn.execute("SELECT current_database()").fetchall()[0][0], schema, "timeseries")
-    exists = conn.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = 'timeseries'",
-        [schema],
-    ).fetchall()[0][0]
-    if not exists:
+    if not table_exists(conn, schema, "timeseries"):
         raise LookupError(f"no table {schema}.timeseries")
     previous = parquet_rows(conn, target)
     remote = is_remote(target)
@@ -157,93 +144,105 @@ class ArchiveConfig(dg.Config):
     allow_fewer_rows: bool = False
 
 
-def build_archive_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
-    """`<site>/archive` for one ACE site."""
-    slug = schema_name(site)
-    timeseries = timeseries_key(site)
-    key = dg.AssetKey([slug, "archive"])
+def build_archive_asset(settings: Settings) -> dg.AssetsDefinition:
+    """`<site>/archive` of every site, one multi_asset: a run exports one day of any subset."""
+    sites = list(settings.sites)
     root = settings.archive_uri
+    specs = [
+        dg.AssetSpec(
+            archive_key(site),
+            deps=[timeseries_dep(site)],
+            group_name=schema_name(site),
+            skippable=True,
+            automation_condition=rollup_automation(timeseries_key(site)),
+            kinds={"duckdb", "parquet"},
+            metadata={"site": site, "schema": schema_name(site), "archive_uri": root},
+            tags={"site": schema_name(site)},
+            description=(
+                f"Site {site!r}: each UTC day's samples as one zstd Parquet file, "
+                f"{root}/site={schema_name(site)}/date=<YYYY-MM-DD>/{ARCHIVE_FILE} (Hive layout). "
+                "Re-exporting replaces the file atomically. Materializes once all 288 5-minute "
+                "partitions of the day are stored, and again when any is re-fetched."
+            ),
+        )
+        for site in sites
+    ]
+    checks = [
+        dg.AssetCheckSpec(
+            ARCHIVE_CHECK,
+            asset=archive_key(site),
+            description="The day's Parquet file, read back, has as many rows as DuckDB has for "
+            "that day.",
+        )
+        for site in sites
+    ]
 
-    @dg.asset(
-        key=key,
-        group_name=slug,
+    @dg.multi_asset(
+        name="archive",
+        specs=specs,
+        check_specs=checks,
         partitions_def=daily_partitions(settings),
-        deps=[timeseries_dep(site)],
-        check_specs=[
-            dg.AssetCheckSpec(
-                ARCHIVE_CHECK,
-                asset=key,
-                description="The day's Parquet file, read back, has as many rows as DuckDB has "
-                "for that day.",
-            )
-        ],
-        automation_condition=rollup_automation(timeseries),
+        can_subset=True,
         # Holds the DuckDB file open while it writes the day.
         pool="duckdb",
-        kinds={"duckdb", "parquet"},
-        metadata={"site": site, "schema": slug, "archive_uri": root},
-        tags={"site": slug},
     )
-    def archive(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, config: ArchiveConfig) -> dg.MaterializeResult:
-        """The UTC day's samples of the site as one zstd Parquet file:
-        `<VITALS_ARCHIVE_URI>/site=<site>/date=<YYYY-MM-DD>/part-0.parquet` (Hive layout).
-
-        Re-exporting replaces the file atomically. Materializes automatically once all 288
-        5-minute partitions of the day are stored, and again when any is re-fetched.
-        """
+    def archive(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, config: ArchiveConfig):
+        """The UTC day's samples of the selected sites, one zstd Parquet file each."""
         tw = context.partition_time_window
         start, end = tw.start.astimezone(UTC), tw.end.astimezone(UTC)
         if end - start != DAY:
             # Each day is its own file and its own check result: one day per run.
             raise dg.Failure(
-                description=f"{key.to_user_string()} exports one day per run; got "
+                description=f"the archive exports one day per run; got "
                 f"[{start:%Y-%m-%d}, {end:%Y-%m-%d}). Launch a backfill (one run per day) instead.",
                 allow_retries=False,
             )
-        target = archive_path(root, slug, start)
-        with warehouse.connect() as conn:
-            try:
-                export = export_day(
-                    conn, slug, start, end, target, allow_fewer_rows=config.allow_fewer_rows
-                )
-            except LookupError:
-                raise dg.Failure(
-                    description=f"site {site!r}: no {slug}.timeseries table in {warehouse.database}: "
-                    f"materialize {timeseries.to_user_string()} for {start:%Y-%m-%d} first",
-                    allow_retries=False,
-                ) from None
-            except ShrinkingArchiveError as exc:
-                raise dg.Failure(description=str(exc), allow_retries=False) from None
-        context.log.info(
-            f"site {site}: {export.rows} samples of {start:%Y-%m-%d} -> {export.path}"
-            + (f" ({export.bytes:,} bytes)" if export.bytes is not None else "")
-        )
-        metadata = {"rows": export.rows, "path": dg.MetadataValue.path(export.path)}
-        if export.replaced_rows is not None:
-            metadata["replaced_rows"] = export.replaced_rows
-        if export.bytes is not None:
-            metadata["bytes"] = export.bytes
-        return dg.MaterializeResult(
-            metadata=metadata,
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=ARCHIVE_CHECK,
-                    passed=export.file_rows == export.rows,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    metadata={
-                        "duckdb_rows": export.rows,
-                        "parquet_rows": export.file_rows,
-                        "date": f"{start:%Y-%m-%d}",
-                    },
-                    description=None
-                    if export.file_rows == export.rows
-                    else f"{export.path} holds {export.file_rows} rows but DuckDB has "
-                    f"{export.rows} for {start:%Y-%m-%d}: re-materialize this partition",
-                )
-            ],
-        )
+        chosen = selected_sites(context, sites, archive_key)
+        failures = SiteFailures(f"archive of {start:%Y-%m-%d}")
+        with warehouse.session() as conn:
+            for site in chosen:
+                slug = schema_name(site)
+                target = archive_path(root, slug, start)
+                try:
+                    export = export_day(
+                        conn, slug, start, end, target, allow_fewer_rows=config.allow_fewer_rows
+                    )
+                except LookupError:
+                    failures.add(site, f"site {site!r}: no {slug}.timeseries table: materialize "
+                                       f"{timeseries_key(site).to_user_string()} for {start:%Y-%m-%d} first")
+                    continue
+                except ShrinkingArchiveError as exc:
+                    failures.add(site, str(exc))
+                    continue
+                yield _export_result(archive_key(site), export, start)
+        failures.raise_if_any(len(chosen))
 
     return archive
+
+
+def _export_result(key: dg.AssetKey, export: Export, start: datetime) -> dg.MaterializeResult:
+    metadata = {"rows": export.rows, "path": dg.MetadataValue.path(export.path)}
+    if export.replaced_rows is not None:
+        metadata["replaced_rows"] = export.replaced_rows
+    if export.bytes is not None:
+        metadata["bytes"] = export.bytes
+    passed = export.file_rows == export.rows
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name=ARCHIVE_CHECK,
+                passed=passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"duckdb_rows": export.rows, "parquet_rows": export.file_rows,
+                          "date": f"{start:%Y-%m-%d}"},
+                description=None if passed else f"{export.path} holds {export.file_rows} rows but "
+                f"DuckDB has {export.rows} for {start:%Y-%m-%d}: re-materialize this partition",
+            )
+        ],
+    )
 
 
 def archive_key(site: str) -> dg.AssetKey:

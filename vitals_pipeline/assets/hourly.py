@@ -2,8 +2,8 @@
 
 The aggregate is computed by DuckDB over the stored samples (a big site has 270,000 samples an
 hour; they never enter Python) and only the small result, one row per (point, hour), goes back
-through the IO manager like every other table. The DuckDB file is opened for the query and closed
-before the IO manager opens it to merge, so no connection is held across the run.
+through the IO manager like every other table. One multi_asset rolls up every site of the fleet,
+on one DuckDB connection for the whole run (the warehouse's session).
 
 Columns, per point and hour (`hour` = the hour's start, naive UTC):
   samples   rows stored in the hour, readings that are not numbers included
@@ -11,7 +11,7 @@ Columns, per point and hour (`hour` = the hour's start, naive UTC):
   avg, min, max, first, last   over the numeric readings (first/last: oldest/newest by ts)
   delta     totalizers only (kWh meters and the like, see `TOTALIZER_UNITS`): the consumption seen
             within the hour. `last - first` when the meter never went down; otherwise a drop is a
-            meter reset, not negative consumption (shared/quality.md #11), and delta is the sum of
+            meter reset, not negative consumption (docs/data-quality.md), and delta is the sum of
             the rising steps between consecutive readings. NULL for other points.
   resets    totalizers only: how many drops (resets) the hour had.
 
@@ -29,14 +29,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vitals_pipeline.assets.keys import points_key, timeseries_dep, timeseries_key
+from vitals_pipeline.assets.fleet import SiteFailures, output_name, selected_sites
+from vitals_pipeline.assets.keys import hourly_partitions, points_key, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc, table_exists
 
 HOUR = timedelta(hours=1)
-HOURLY_CRON = "0 * * * *"
 HOURLY_FMT = "%Y-%m-%d-%H:%M"  # Dagster's own hourly format, and the 5-minute one
 
 # BACnet engineering units (and the abbreviations some sites put in kv_tags["unit"]) of
@@ -73,14 +73,6 @@ HOURLY_SCHEMA = pa.schema(
 )
 HOURLY_TABLE = "timeseries_hourly"
 HOURLY_MERGE_KEYS = ("point", "hour")
-
-
-def hourly_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
-    """UTC hours from VITALS_PARTITIONS_START floored to the hour."""
-    start = settings.partitions_start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    return dg.TimeWindowPartitionsDefinition(
-        cron_schedule=HOURLY_CRON, start=start.strftime(HOURLY_FMT), fmt=HOURLY_FMT, timezone="UTC"
-    )
 
 
 def _totalizers_sql(catalog: str, schema: str, has_points: bool) -> tuple[str, list]:
@@ -176,79 +168,81 @@ def rollup_automation(upstream: dg.AssetKey) -> dg.AutomationCondition:
     )
 
 
-def build_hourly_asset(site: str, settings: Settings) -> dg.AssetsDefinition:
-    """`<site>/timeseries_hourly` for one ACE site."""
-    slug = schema_name(site)
-    timeseries = timeseries_key(site)
-    points = points_key(site)
+def build_hourly_asset(settings: Settings) -> dg.AssetsDefinition:
+    """`<site>/timeseries_hourly` of every site, one multi_asset (a run rolls up any subset)."""
+    sites = list(settings.sites)
+    outs = {
+        output_name(site, HOURLY_TABLE): dg.AssetOut(
+            key=hourly_key(site),
+            group_name=schema_name(site),
+            is_required=False,
+            kinds={"duckdb"},
+            tags={"site": schema_name(site)},
+            metadata={
+                "site": site,
+                "schema": schema_name(site),
+                "partition_expr": "hour",
+                "merge_keys": list(HOURLY_MERGE_KEYS),
+            },
+            automation_condition=rollup_automation(timeseries_key(site)),
+            description=(
+                f"Site {site!r} per point and UTC hour (table {schema_name(site)}.{HOURLY_TABLE}): "
+                "samples, count, avg, min, max, first, last, and for totalizers (kWh and other meter "
+                "totals) the hour's consumption `delta` with meter resets handled. Materializes once "
+                "all twelve 5-minute partitions of the hour are stored, and again when any of them "
+                "is re-fetched."
+            ),
+        )
+        for site in sites
+    }
 
-    @dg.asset(
-        key=[slug, HOURLY_TABLE],
-        group_name=slug,
+    @dg.multi_asset(
+        name=HOURLY_TABLE,
+        outs=outs,
         partitions_def=hourly_partitions(settings),
-        deps=[
-            timeseries_dep(site),  # each hour reads its own twelve 5-minute partitions
-            points,  # units and tags tell totalizers apart; read if present, never waited for
-        ],
         backfill_policy=dg.BackfillPolicy.single_run(),
-        automation_condition=rollup_automation(timeseries),
+        can_subset=True,
         pool="duckdb",
-        kinds={"duckdb"},
-        metadata={
-            "site": site,
-            "schema": slug,
-            "partition_expr": "hour",
-            "merge_keys": list(HOURLY_MERGE_KEYS),
+        # Each hour reads its own twelve 5-minute partitions; units and tags tell totalizers apart
+        # (read if present, never waited for: see rollup_automation).
+        deps=[timeseries_dep(site) for site in sites] + [points_key(site) for site in sites],
+        internal_asset_deps={
+            output_name(site, HOURLY_TABLE): {timeseries_key(site), points_key(site)} for site in sites
         },
-        tags={"site": slug},
     )
-    def timeseries_hourly(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse) -> pa.Table:
-        """Per point and UTC hour: samples, count, avg, min, max, first, last, and for totalizers
-        (kWh and other meter totals) the hour's consumption `delta` with meter resets handled.
-
-        Computed in DuckDB from `<site>.timeseries`; materializes automatically once all twelve
-        5-minute partitions of the hour are stored, and again when any of them is re-fetched.
-        """
+    def timeseries_hourly(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse):
+        """The selected sites' hourly roll-ups for the run's hours, computed in DuckDB from
+        `<site>.timeseries` and merged through the IO manager, one connection for all sites."""
         tw = context.partition_time_window
         start, end = tw.start.astimezone(UTC), tw.end.astimezone(UTC)
-        with warehouse.connect() as conn:
-            try:
-                rows, has_points = hourly_rollup(conn, slug, start, end)
-            except LookupError:
-                raise dg.Failure(
-                    description=(
-                        f"site {site!r}: no {slug}.timeseries table in {warehouse.database}: materialize "
-                        f"{timeseries.to_user_string()} for "
-                        f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC first"
-                    ),
-                    allow_retries=False,
-                ) from None
-        if not has_points:
+        chosen = selected_sites(context, sites, hourly_key)
+        failures = SiteFailures(f"hourly roll-up of [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC")
+        without_points = []
+        with warehouse.session() as conn:
+            for site in chosen:
+                slug = schema_name(site)
+                try:
+                    rows, has_points = hourly_rollup(conn, slug, start, end)
+                except LookupError:
+                    failures.add(site, f"site {site!r}: no {slug}.timeseries table: materialize "
+                                       f"{timeseries_key(site).to_user_string()} for these hours first")
+                    continue
+                if not has_points:
+                    without_points.append(slug)
+                rows_per_hour = Counter(rows.column("hour").to_pylist())
+                for key in context.partition_keys:
+                    hour = datetime.strptime(key, HOURLY_FMT)
+                    context.add_asset_metadata(
+                        {"rows": rows_per_hour.get(hour, 0)}, asset_key=hourly_key(site), partition_key=key
+                    )
+                yield dg.Output(rows, output_name=output_name(site, HOURLY_TABLE))
+        if without_points:
             context.log.warning(
-                f"site {site}: no {slug}.points table, so totalizers cannot be told apart and "
-                f"`delta` stays NULL; materialize {points.to_user_string()} and re-run these hours"
+                f"no points table for {len(without_points)} site(s) ({', '.join(without_points[:10])}), "
+                "so totalizers cannot be told apart and `delta` stays NULL; materialize their "
+                "<site>/points and re-run these hours"
             )
-        rows_per_hour = Counter(rows.column("hour").to_pylist())
-        for key in context.partition_keys:
-            hour = datetime.strptime(key, HOURLY_FMT)
-            context.add_asset_metadata({"rows": rows_per_hour.get(hour, 0)}, partition_key=key)
-        deltas = rows.column("delta")
-        context.add_asset_metadata(
-            {
-                "run_rows": rows.num_rows,
-                "run_hours": len(context.partition_keys),
-                "points": pc.count_distinct(rows.column("point")).as_py(),
-                "totalizer_rows": rows.num_rows - deltas.null_count,
-                "resets": pc.sum(rows.column("resets")).as_py() or 0,
-                "totalizers_known": has_points,
-            }
-        )
-        if rows.num_rows == 0:
-            context.log.warning(
-                f"site {site}: no samples stored in [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) "
-                "UTC; nothing to roll up"
-            )
-        return rows
+        failures.raise_if_any(len(chosen))
 
     return timeseries_hourly
 
@@ -286,11 +280,12 @@ def hourly_summary(database: str, sites: list[str]) -> list[str]:
     return lines
 
 
-AUTOMATION_SENSOR = "rollup_archive_weather_automation"
+AUTOMATION_SENSOR = "fleet_automation"
 
 
 def build_automation_sensor(keys: list[dg.AssetKey]) -> dg.AutomationConditionSensorDefinition:
-    """The sensor that evaluates the automation conditions of `keys` (roll-ups, archive, weather).
+    """The sensor that evaluates the automation conditions of `keys` (points, weather, roll-ups,
+    archive, daily quality).
 
     Declared here, running by default, because Dagster's implicit
     `default_automation_condition_sensor` starts STOPPED: without a running automation sensor
@@ -303,8 +298,9 @@ def build_automation_sensor(keys: list[dg.AssetKey]) -> dg.AutomationConditionSe
         target=dg.AssetSelection.assets(*keys),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        description="Hourly roll-ups and daily archives when their time is complete or their "
-        "5-minute partitions change; weather every 5-minute tick.",
+        description="Every site's points (when missing, then hourly), weather (every 5 minutes), "
+        "hourly roll-ups, daily archives and daily quality (when their time is complete or "
+        "their 5-minute partitions change).",
     )
 
 

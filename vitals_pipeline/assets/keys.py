@@ -4,11 +4,16 @@ none of the fetching and storing machinery."""
 
 from __future__ import annotations
 
+import warnings
+from datetime import UTC
+
 import dagster as dg
 
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.windows import PARTITION_CRON, PARTITION_FMT, Window
+
+DAY_FMT = "%Y-%m-%d"
 
 
 def five_minute_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
@@ -20,6 +25,22 @@ def five_minute_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinit
     )
 
 
+def hourly_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
+    """UTC hours from VITALS_PARTITIONS_START floored to the hour (the roll-ups)."""
+    start = settings.partitions_start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule="0 * * * *", start=start.strftime(PARTITION_FMT), fmt=PARTITION_FMT, timezone="UTC"
+    )
+
+
+def daily_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
+    """UTC days from VITALS_PARTITIONS_START floored to midnight (archive, daily quality)."""
+    start = settings.partitions_start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule="0 0 * * *", start=start.strftime(DAY_FMT), fmt=DAY_FMT, timezone="UTC"
+    )
+
+
 def timeseries_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "timeseries"])
 
@@ -28,14 +49,21 @@ def points_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "points"])
 
 
+with warnings.catch_warnings():
+    # Read and decided: `allow_nonexistent_upstream_partitions` is beta in Dagster 1.13; it is what
+    # lets the first hour and day (floored to before VITALS_PARTITIONS_START) be complete. One
+    # mapping object for every site, so the warning would come once, not once per site.
+    warnings.filterwarnings(
+        "ignore", message=".*allow_nonexistent_upstream_partitions.*", category=dg.BetaWarning
+    )
+    _SPAN_MAPPING = dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True)
+
+
 def timeseries_dep(site: str) -> dg.AssetDep:
     """A dependency on the site's 5-minute partitions from a coarser time-partitioned asset (an
     hour or a day depends on the partitions it spans). The first hour or day may start before
     VITALS_PARTITIONS_START: those partitions do not exist and are not waited for."""
-    return dg.AssetDep(
-        timeseries_key(site),
-        partition_mapping=dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True),
-    )
+    return dg.AssetDep(timeseries_key(site), partition_mapping=_SPAN_MAPPING)
 
 
 # Set on the runs of `vitals backfill` (one long-lived process, one run after another).

@@ -21,9 +21,8 @@ Per point and day (`day` = the day's start, naive UTC):
   reason            why, for a person
 
 Automation: once every 5-minute partition of the day is stored, and again when one of them is
-re-fetched (see `daily_automation`), evaluated by the `quality_daily_automation` sensor, which is
-declared running (Dagster's implicit default automation sensor starts stopped) and needs
-`dagster-daemon` (which `dagster dev` starts).
+re-fetched (see `daily_automation`), evaluated by the `fleet_automation` sensor (assets/hourly.py),
+which needs `dagster-daemon` (which `dagster dev` starts).
 """
 
 from datetime import UTC, timedelta
@@ -32,7 +31,8 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
-from vitals_pipeline.assets.keys import timeseries_dep, timeseries_key
+from vitals_pipeline.assets.fleet import SiteFailures, output_name, selected_sites
+from vitals_pipeline.assets.keys import daily_partitions, timeseries_dep, timeseries_key
 from vitals_pipeline.checks.quality import QUALITY_TABLE, table_exists
 from vitals_pipeline.checks.rules import DOWN, FAULT, OK, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -44,8 +44,7 @@ from vitals_pipeline.storage.schema import schema_name
 
 DAILY_TABLE = "quality_daily"
 DAILY_MERGE_KEYS = ("point", "day")
-DAILY_FMT = "%Y-%m-%d"
-AUTOMATION_SENSOR = "quality_daily_automation"
+DAILY_FMT = "%Y-%m-%d"  # the daily partitions' keys
 
 DAILY_SCHEMA = pa.schema(
     [
@@ -71,14 +70,6 @@ DAILY_SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
-
-
-def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
-    """UTC days from the day of VITALS_PARTITIONS_START."""
-    start = settings.partitions_start.astimezone(UTC)
-    return dg.DailyPartitionsDefinition(
-        start_date=start.strftime(DAILY_FMT), fmt=DAILY_FMT, timezone="UTC"
-    )
 
 
 def daily_rollup(
@@ -167,62 +158,69 @@ def daily_automation(upstream: dg.AssetKey) -> dg.AutomationCondition:
     ).with_label(f"day of {upstream.to_user_string()} complete or updated")
 
 
-def build_quality_daily_asset(
-    site: str, settings: Settings, thresholds: QualityThresholds
-) -> dg.AssetsDefinition:
-    """`<site>/quality_daily` for one ACE site."""
-    slug = schema_name(site)
-    timeseries = timeseries_key(site)
+def build_quality_daily_asset(settings: Settings, thresholds: QualityThresholds) -> dg.AssetsDefinition:
+    """`<site>/quality_daily` of every site, one multi_asset."""
+    sites = list(settings.sites)
+    outs = {
+        output_name(site, DAILY_TABLE): dg.AssetOut(
+            key=quality_daily_key(site),
+            group_name=schema_name(site),
+            is_required=False,
+            kinds={"duckdb"},
+            tags={"site": schema_name(site)},
+            metadata={
+                "site": site,
+                "schema": schema_name(site),
+                "partition_expr": "day",
+                "merge_keys": list(DAILY_MERGE_KEYS),
+            },
+            automation_condition=daily_automation(timeseries_key(site)),
+            description=(
+                f"Site {site!r} per point and UTC day (table {schema_name(site)}.{DAILY_TABLE}): "
+                "completeness, counts of null / text / sentinel / out-of-range readings, partitions "
+                "per status, and the day's status (ok / fault / down / unknown) with the reason. "
+                "Rolled up from the quality table once the day's 288 five-minute partitions are "
+                "stored, and again when one of them is re-fetched."
+            ),
+        )
+        for site in sites
+    }
 
-    @dg.asset(
-        key=[slug, DAILY_TABLE],
-        group_name=slug,
+    @dg.multi_asset(
+        name=DAILY_TABLE,
+        outs=outs,
         partitions_def=daily_partitions(settings),
-        deps=[timeseries_dep(site)],  # a day depends on its 288 five-minute partitions
         backfill_policy=dg.BackfillPolicy.single_run(),
-        automation_condition=daily_automation(timeseries),
+        can_subset=True,
         pool="duckdb",
-        kinds={"duckdb"},
-        metadata={
-            "site": site,
-            "schema": slug,
-            "partition_expr": "day",
-            "merge_keys": list(DAILY_MERGE_KEYS),
-        },
-        tags={"site": slug},
+        deps=[timeseries_dep(site) for site in sites],  # a day depends on its 288 partitions
+        internal_asset_deps={output_name(site, DAILY_TABLE): {timeseries_key(site)} for site in sites},
     )
-    def quality_daily(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse) -> pa.Table:
-        """Per point and UTC day: completeness, counts of null / text / sentinel / out-of-range
-        readings, partitions per status, and the day's status (ok / fault / down / unknown) with
-        the reason. Rolled up from `<site>.quality`; materializes automatically once the day's
-        288 five-minute partitions are stored, and again when one of them is re-fetched.
-        """
+    def quality_daily(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse):
+        """The selected sites' daily quality for the run's days, rolled up in DuckDB from each
+        site's quality table, one connection for all sites."""
         tw = context.partition_time_window
         start, end = tw.start.astimezone(UTC), tw.end.astimezone(UTC)
-        with warehouse.connect() as conn:
-            try:
-                rows = daily_rollup(conn, slug, start, end, thresholds)
-            except LookupError:
-                raise dg.Failure(
-                    description=(
-                        f"site {site!r}: no {slug}.{QUALITY_TABLE} table in {warehouse.database}: materialize "
-                        f"{timeseries.to_user_string()} (with VITALS_CHECKS on) for "
-                        f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC first"
-                    ),
-                    allow_retries=False,
-                ) from None
-        _add_day_metadata(context, rows)
-        if rows.num_rows == 0:
-            context.log.warning(
-                f"site {site}: no quality rows in [{start:%Y-%m-%d}, {end:%Y-%m-%d}) UTC; "
-                "nothing to roll up"
-            )
-        return rows
+        chosen = selected_sites(context, sites, quality_daily_key)
+        failures = SiteFailures(f"daily quality of [{start:%Y-%m-%d}, {end:%Y-%m-%d}) UTC")
+        with warehouse.session() as conn:
+            for site in chosen:
+                slug = schema_name(site)
+                try:
+                    rows = daily_rollup(conn, slug, start, end, thresholds)
+                except LookupError:
+                    failures.add(site, f"site {site!r}: no {slug}.{QUALITY_TABLE} table: materialize "
+                                       f"{timeseries_key(site).to_user_string()} (with VITALS_CHECKS on) "
+                                       "for these days first")
+                    continue
+                _add_day_metadata(context, quality_daily_key(site), rows)
+                yield dg.Output(rows, output_name=output_name(site, DAILY_TABLE))
+        failures.raise_if_any(len(chosen))
 
     return quality_daily
 
 
-def _add_day_metadata(context: dg.AssetExecutionContext, rows: pa.Table) -> None:
+def _add_day_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey, rows: pa.Table) -> None:
     """Per day: points per status and the site's completeness, plotted on the asset page."""
     con = duckdb.connect()
     try:
@@ -239,8 +237,9 @@ def _add_day_metadata(context: dg.AssetExecutionContext, rows: pa.Table) -> None
         }
     finally:
         con.close()
-    for key in context.partition_keys:
-        points, ok, fault, down, unknown, pct = figures.get(key, (0, 0, 0, 0, 0, None))
+    asset_key = key
+    for partition in context.partition_keys:
+        points, ok, fault, down, unknown, pct = figures.get(partition, (0, 0, 0, 0, 0, None))
         meta = {
             "points": points,
             "points_ok": ok,
@@ -250,34 +249,18 @@ def _add_day_metadata(context: dg.AssetExecutionContext, rows: pa.Table) -> None
         }
         if pct is not None:
             meta["completeness_pct"] = round(float(pct), 3)
-        context.add_asset_metadata(meta, partition_key=key)
-
-
-def build_quality_automation_sensor(
-    keys: list[dg.AssetKey],
-) -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the quality_daily assets' automation conditions (running by default: Dagster's
-    implicit default automation sensor starts stopped)."""
-    return dg.AutomationConditionSensorDefinition(
-        AUTOMATION_SENSOR,
-        target=dg.AssetSelection.assets(*keys),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=60,
-        description="Daily quality roll-ups once their day's 5-minute partitions are all stored, "
-        "and again when one is re-fetched.",
-    )
+        context.add_asset_metadata(meta, asset_key=asset_key, partition_key=partition)
 
 
 def build_quality_daily(
     settings: Settings, thresholds: QualityThresholds | None = None
-) -> tuple[list[dg.AssetsDefinition], list[dg.SensorDefinition]]:
-    """Every site's `quality_daily` asset and the sensor that automates them; nothing when the
-    data-quality layer is off (VITALS_CHECKS=off: no quality table to roll up)."""
+) -> list[dg.AssetsDefinition]:
+    """Every site's `quality_daily` asset; nothing when the data-quality layer is off
+    (VITALS_CHECKS=off: no quality table to roll up)."""
     thresholds = thresholds or QualityThresholds.from_env()
     if not thresholds.enabled:
-        return [], []
-    assets = [build_quality_daily_asset(site, settings, thresholds) for site in settings.sites]
-    return assets, [build_quality_automation_sensor([a.key for a in assets])]
+        return []
+    return [build_quality_daily_asset(settings, thresholds)]
 
 
 def quality_daily_key(site: str) -> dg.AssetKey:
