@@ -76,7 +76,8 @@ def _error_chain(error) -> str:
     while error is not None and depth < 4:
         message = (error.message or "").strip()
         first_line = message.splitlines()[0] if message else ""
-        if first_line and not first_line.startswith("dagster._core.errors.DagsterExecutionStepExecutionError"):
+        # Dagster's wrapper around the step's own exception says nothing of its own.
+        if first_line and "DagsterExecutionStepExecutionError" not in first_line.split(":")[0]:
             parts.append(first_line)
         error = error.cause
         depth += 1

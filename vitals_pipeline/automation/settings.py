@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dagster._utils.schedules import is_valid_cron_string
+import dagster as dg
 
 from vitals_pipeline.config import ConfigError
 
@@ -79,12 +79,23 @@ def parse_cron(value: str | None) -> str:
     if value is None or not value.strip():
         return DEFAULT_SCHEDULE_CRON
     cron = " ".join(value.split())
-    if not is_valid_cron_string(cron):
+    if not _is_cron(cron):
         raise ConfigError(
             f"VITALS_SCHEDULE_CRON={value!r} is not a cron expression (5 fields, UTC); "
             f"the default is {DEFAULT_SCHEDULE_CRON!r}"
         )
     return cron
+
+
+def _is_cron(cron: str) -> bool:
+    """Whether Dagster takes `cron` as a schedule's cron string (it validates on definition)."""
+    if len(cron.split()) != 5:
+        return False
+    try:
+        dg.ScheduleDefinition(name="cron_probe", cron_schedule=cron, job_name="cron_probe")
+    except dg.DagsterInvalidDefinitionError:
+        return False
+    return True
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
