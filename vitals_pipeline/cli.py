@@ -1,4 +1,4 @@
-"""The `vitals` command: `init`, `simulate`, `demo`, `dev`, `status`, `backfill`, `pause`, `resume`."""
+"""The `vitals` command: `init`, `simulate`, `demo`, `dev`, `status`, `backfill`, `pause`, `resume`, `prune`."""
 
 from __future__ import annotations
 
@@ -470,6 +470,27 @@ def resume(sites: tuple[str, ...]) -> None:
     """Let the automation run SITES again; the catch-up sensor fills what they missed (within
     VITALS_CATCHUP_HOURS)."""
     _switch_sites(sites, pause=False)
+
+
+@main.command()
+@click.option("--keep-days", default=14, show_default=True, type=click.IntRange(min=0),
+              help="Keep everything of the last KEEP_DAYS days.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@click.option("--vacuum", is_flag=True, help="Give the freed space back to the disk (SQLite; locks the index meanwhile).")
+def prune(keep_days: int, dry_run: bool, vacuum: bool) -> None:
+    """Drop what partition status does not need from the Dagster instance (DAGSTER_HOME):
+    superseded materializations, old check history, old runs' logs. Partition status in the UI
+    stays as it is; run records stay. The daemon does it daily (VITALS_RETENTION_DAYS)."""
+    from datetime import timedelta
+
+    import dagster as dg
+
+    from vitals_pipeline.storage.retention import prune_instance
+
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        report = prune_instance(instance, timedelta(days=keep_days), dry_run=dry_run, vacuum=vacuum)
+    click.echo(("(dry run) " if dry_run else "") + report.summary())
 
 
 @main.command(

@@ -10,6 +10,7 @@ from vitals_pipeline.assets.keys import five_minute_partitions
 from vitals_pipeline.automation.alerts import build_site_alert_sensor
 from vitals_pipeline.automation.jobs import build_fleet_job
 from vitals_pipeline.automation.pause import build_pause_jobs
+from vitals_pipeline.automation.prune import build_prune
 from vitals_pipeline.automation.schedules import build_fleet_schedule
 from vitals_pipeline.automation.sensors import build_catchup_sensor
 from vitals_pipeline.automation.settings import AutomationSettings
@@ -24,13 +25,15 @@ class Automation:
 
 
 def build_automation(settings: Settings, automation: AutomationSettings | None = None) -> Automation:
-    """The fleet job, its schedule and catch-up sensor, the per-site alerts and the pause switch.
+    """The fleet job, its schedule and catch-up sensor, the per-site alerts, the pause switch and
+    the daily retention run.
     Schedule and sensors start RUNNING when a daemon first sees them."""
     automation = automation or AutomationSettings.from_env()
     job = build_fleet_job(settings.sites)
+    prune_job, prune_schedule = build_prune(automation)
     return Automation(
-        jobs=[job, *build_pause_jobs(settings.sites)],
-        schedules=[build_fleet_schedule(settings, automation, job)],
+        jobs=[job, *build_pause_jobs(settings.sites), prune_job],
+        schedules=[build_fleet_schedule(settings, automation, job), prune_schedule],
         sensors=[
             build_catchup_sensor(settings, automation, job, five_minute_partitions(settings)),
             build_site_alert_sensor(automation),

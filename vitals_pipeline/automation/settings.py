@@ -23,6 +23,7 @@ DEFAULT_CATCHUP_INTERVAL_SECONDS = 120
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
 DEFAULT_STATUS_DEGRADED_MINUTES = 15
 DEFAULT_STATUS_DOWN_MINUTES = 60
+DEFAULT_RETENTION_DAYS = 14
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class AutomationSettings:
     ui_url: str
     status_degraded_minutes: int
     status_down_minutes: int
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AutomationSettings:
@@ -72,6 +74,7 @@ class AutomationSettings:
             ui_url=_http_url("VITALS_UI_URL", env.get("VITALS_UI_URL") or DEFAULT_UI_URL, DEFAULT_UI_URL),
             status_degraded_minutes=degraded,
             status_down_minutes=down,
+            retention_days=_retention_days(env.get("VITALS_RETENTION_DAYS")),
         )
 
 
@@ -85,6 +88,21 @@ def parse_cron(value: str | None) -> str:
             f"the default is {DEFAULT_SCHEDULE_CRON!r}"
         )
     return cron
+
+
+def _retention_days(value: str | None) -> int:
+    if value is None or not value.strip():
+        return DEFAULT_RETENTION_DAYS
+    try:
+        days = int(value)
+    except ValueError:
+        raise ConfigError(f"VITALS_RETENTION_DAYS={value!r} is not a whole number of days") from None
+    if days < 0:
+        raise ConfigError(
+            f"VITALS_RETENTION_DAYS={value!r} must be 0 (keep everything) or a number of days "
+            f"(default {DEFAULT_RETENTION_DAYS})"
+        )
+    return days
 
 
 def _is_cron(cron: str) -> bool:
