@@ -13,7 +13,7 @@ import pytest
 import yaml
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
-from vitals_pipeline.assets.site import five_minute_partitions, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import five_minute_partitions, range_tags, timeseries_key
 from vitals_pipeline.checks.specs import CHECK_NAMES
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.event_log import RUN_SHARD_ENGINES, VitalsSqliteEventLogStorage
