@@ -16,7 +16,7 @@ from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline.windows import PARTITION, partition_start, window_for_keys
 from vitals_pipeline_tests.conftest import SIM_KEY, SITE
-from vitals_pipeline_tests.helpers import expected_rows, run_assets, step_failures, stored_rows
+from vitals_pipeline_tests.helpers import ace_run_config, expected_rows, run_assets, step_failures, stored_rows
 
 KEY = "2026-03-09-10:00"
 
@@ -178,6 +178,22 @@ def test_wrong_key_fails_with_a_key_message_and_no_step_retries(pipeline_env, mo
     messages = " ".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
     assert "invalid or expired API key" in messages and "wrong-key-123" not in messages
     assert server.stats["statuses"].get(500) == 2  # one retry of the 500, no step retries
+
+
+def test_a_site_still_failing_after_the_clients_retries_is_not_retried_by_the_step(sim, pipeline_env, server):
+    """No step retry policy: a retry would fetch every site of the fleet again. The client
+    retries (here 2 attempts), then the site fails, named, and catch-up re-fetches it later."""
+    sim.faults.site_status = {SITE: 503}
+    server.reset_stats()
+    result = run([timeseries_key(SITE)], partition_key=KEY, run_config=ace_run_config(max_attempts=2))
+    assert not result.success
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    [entry] = failure.event_specific_data.user_failure_data.metadata["failed_sites"].value
+    assert entry["site"] == SITE and "503" in entry["error"]
+    assert server.stats["statuses"] == {503: 2}, server.stats
+    fleet = build_definitions(Settings.from_env()).resolve_assets_def(timeseries_key(SITE))
+    assert fleet.op.retry_policy is None
 
 
 def test_definitions_load_without_a_key(pipeline_env, monkeypatch):
