@@ -15,6 +15,7 @@ delete-the-slice, then insert positionally, in separate autocommits):
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -453,6 +454,41 @@ def test_locked_file_is_waited_for(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The warehouse: one session (connection) per run, shared by the step's threads
+
+
+def test_a_session_holds_one_connection_that_the_runs_threads_share(tmp_path):
+    warehouse = DuckDBWarehouse(database=str(tmp_path / "vitals.duckdb"))
+    with warehouse.session() as conn:
+        with warehouse.connect() as same, warehouse.session() as inner:
+            assert same is conn and inner is conn  # the session's, and re-entrant
+        conn.execute("SELECT 1")  # the inner session's end left it open
+        assert not duckdb_io.table_exists(conn, SITE, "timeseries")
+        store(conn, samples(("p1", at(1), 1.0, None)))
+        # The catalog the session keeps saw the table the store created.
+        assert duckdb_io.table_exists(conn, SITE, "timeseries")
+
+        seen = []
+
+        def fetch_thread() -> None:
+            # A fetch thread reads on its own cursor of the session: committed rows, no lock.
+            with warehouse.connect() as cursor:
+                seen.append((cursor is conn, cursor.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0]))
+
+        reader = threading.Thread(target=fetch_thread)
+        reader.start()
+        reader.join()
+        assert seen == [(False, 1)]
+    # The session is over: its connection is closed, and connect() opens (and closes) its own.
+    with pytest.raises(duckdb.ConnectionException):
+        conn.execute("SELECT 1")
+    with warehouse.connect() as own:
+        assert own is not conn and stored(own) == [("p1", at(1), 1.0, None)]
+    with pytest.raises(duckdb.ConnectionException):
+        own.execute("SELECT 1")
 
 
 # ---------------------------------------------------------------------------------------------
