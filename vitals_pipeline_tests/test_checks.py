@@ -27,7 +27,7 @@ from vitals_pipeline.storage import DuckDBWarehouse, VitalsDuckDBIOManager
 from vitals_pipeline.storage.duckdb_io import connect_duckdb, store_slice
 from vitals_pipeline.storage.schema import POINTS_MERGE_KEYS, POINTS_TABLE
 from vitals_pipeline.windows import PARTITION, partition_start, window_for_keys
-from vitals_pipeline_tests.conftest import SIM_KEY, SITE
+from vitals_pipeline_tests.conftest import SITE
 from vitals_pipeline_tests.helpers import QUIET, step_failures
 
 HOUR_FIRST, HOUR_LAST = "2026-03-09-10:00", "2026-03-09-10:55"  # an hour: enough for flatlines
