@@ -51,7 +51,8 @@ class AceResource(dg.ConfigurableResource):
         """One connection pool and one RequestGate for all the sites of a run:
         `session.client(deadline=...)` per site, from any thread; `session.gate_stats` for the
         run's figures. `max_in_flight` defaults to the resource's. Raises a non-retryable
-        Failure when the key is missing."""
+        Failure when the key is missing or the page size is one ACE refuses."""
+        self._check_page_size()
         with AceSession(
             self.api_url,
             self._api_key(),
@@ -61,6 +62,15 @@ class AceResource(dg.ConfigurableResource):
             retry=self._retry_settings(),
         ) as session:
             yield session
+
+    def _check_page_size(self) -> None:
+        # A page size from run config is checked here, before any site is fetched: raised as it
+        # is, the step's message would be Dagster's "error occurred while executing op" and the
+        # reason only in the cause.
+        try:
+            wire.check_page_size(self.page_size)
+        except wire.PageSizeError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
 
     def _retry_settings(self) -> RetrySettings:
         return RetrySettings(max_attempts=self.max_attempts, budget_seconds=self.retry_budget_seconds)

@@ -187,14 +187,6 @@ def materialized_partitions(result, key: dg.AssetKey) -> list[str]:
     )
 
 
-def run_metadata(result, key: dg.AssetKey) -> dict[str, Any]:
-    """Metadata values of the run's first materialization of `key` (run figures are shared)."""
-    for e in result.all_events:
-        if e.is_step_materialization and e.asset_key == key:
-            return {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()}
-    return {}
-
-
 def dagster_cli(*args: str, env: Mapping[str, str], timeout: float = 180, **popen) -> subprocess.Popen:
     """Start `dagster ARGS` (the venv's executable) in its own process."""
     return subprocess.Popen(

@@ -12,7 +12,7 @@ import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.archive import ARCHIVE_CHECK, archive_key
-from vitals_pipeline.assets.site import range_tags, timeseries_key
+from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.config import ConfigError, Settings, parse_archive_uri
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline_tests.helpers import run_assets, step_failures

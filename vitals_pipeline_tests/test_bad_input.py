@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
-from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key
 from vitals_pipeline.config import ConfigError, Settings
 from vitals_pipeline.storage.schema import schema_name
 from vitals_pipeline.windows import window_for_keys
@@ -75,6 +75,18 @@ RUN_CASES = {
 }
 
 
+def site_error(result, site: str) -> str | None:
+    """The error of `site` in the fleet step's `failed_sites`, if the step failed site by site."""
+    for event in result.all_events:
+        user = getattr(event.event_specific_data, "user_failure_data", None) if event.is_step_failure else None
+        listed = user.metadata.get("failed_sites") if user is not None else None
+        if listed is not None:
+            [entry] = listed.value
+            assert entry["site"] == schema_name(site) or entry["site"] == site, entry
+            return entry["error"]
+    return None
+
+
 @pytest.mark.parametrize("name", list(RUN_CASES))
 def test_bad_input_fails_fast_with_one_line_and_writes_nothing(
     name, sim, server, pipeline_env, monkeypatch
@@ -97,6 +109,9 @@ def test_bad_input_fails_fast_with_one_line_and_writes_nothing(
     assert not result.success
     [message] = step_failures(result)  # one failure: no step retries
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    # A fleet step lists its failed sites, one line each (the whole message has a header and
+    # what to do next); a failure before any site is fetched is one line itself.
+    message = site_error(result, site) or message
     assert "\n" not in message, message
     for word in words:
         assert word in message, message
@@ -104,7 +119,17 @@ def test_bad_input_fails_fast_with_one_line_and_writes_nothing(
     if statuses is not None:
         assert server.stats["statuses"] == statuses, server.stats
     assert elapsed < 20, f"took {elapsed:.1f}s: not failing fast"
-    assert not os.path.exists(pipeline_env["VITALS_DUCKDB_PATH"]), "nothing may be written"
+    assert stored_tables(pipeline_env["VITALS_DUCKDB_PATH"]) == [], "nothing may be written"
+
+
+def stored_tables(path: str) -> list[tuple]:
+    """Every table of the DuckDB file. A fleet step opens the file before its sites are fetched
+    (the run's one session), so a run that fails on every site may leave an empty file: no
+    schema, no table, no row."""
+    if not os.path.exists(path):
+        return []
+    with duckdb.connect(path, read_only=True) as con:
+        return con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall()
 
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

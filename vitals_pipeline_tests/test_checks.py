@@ -13,16 +13,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from vitals_pipeline.ace.parse import points_table
+from vitals_pipeline.assets.fleet import spread_slot
+from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key
 from vitals_pipeline.assets.quality_daily import AUTOMATION_SENSOR, quality_daily_key
-from vitals_pipeline.assets.site import build_site_assets, points_key, range_tags, timeseries_key
-from vitals_pipeline.checks import specs
+from vitals_pipeline.assets.timeseries import build_timeseries_asset
+from vitals_pipeline.checks import recording, specs
+from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline.resources import AceResource
-from vitals_pipeline.storage import VitalsDuckDBIOManager
-from vitals_pipeline.storage.duckdb_io import VitalsArrowTypeHandler, WindowBundle, store_slice
+from vitals_pipeline.storage import DuckDBWarehouse, VitalsDuckDBIOManager
+from vitals_pipeline.storage.duckdb_io import connect_duckdb, store_slice
+from vitals_pipeline.storage.schema import POINTS_MERGE_KEYS, POINTS_TABLE
 from vitals_pipeline.windows import PARTITION, partition_start, window_for_keys
 from vitals_pipeline_tests.conftest import SITE
+from vitals_pipeline_tests.helpers import QUIET, step_failures
 
 HOUR_FIRST, HOUR_LAST = "2026-03-09-10:00", "2026-03-09-10:55"  # an hour: enough for flatlines
 KEY = "2026-03-09-10:00"
@@ -36,6 +42,7 @@ def run(selection, instance, *, partition_key=None, tags=None):
         asset_selection=selection,
         partition_key=partition_key,
         tags=tags,
+        run_config=QUIET,
         raise_on_error=False,
     )
 
@@ -93,16 +100,17 @@ def test_clean_data_passes_every_check_and_writes_the_quality_table(sim, with_po
         path, f"SELECT count(*), count(DISTINCT window_start), count(DISTINCT point) FROM {SITE}.quality"
     )
     assert (rows, partitions, point_count) == (12 * points, 12, points)
-    # Numbers Dagster plots over time, per partition.
+    # Numbers Dagster plots over time, per partition: the lean set, completeness from the checks.
     record = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=timeseries_key(SITE), asset_partitions=["2026-03-09-10:30"]),
         limit=1,
     ).records[0]
-    figures = record.asset_materialization.metadata
-    assert figures["completeness_pct"].value == 100.0
-    assert figures["points_reporting"].value > 40
-    assert 0 <= figures["null_pct"].value < 5
-    assert figures["samples"].value > 0
+    figures = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    assert set(figures) == {"samples", "points", "null_values", "completeness_pct"}
+    assert figures["completeness_pct"] == 100.0
+    assert figures["points"] > 40
+    assert 0 <= figures["null_values"] < 0.05 * figures["samples"]
+    assert figures["samples"] > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +129,10 @@ def test_duplicates_in_the_stored_window_fail_the_run(with_points, instance):
             [start, start + PARTITION],
         )
     result = run([timeseries_key(SITE)], instance, partition_key=KEY)
-    assert not result.success  # blocking, ERROR
+    assert not result.success  # blocking, ERROR: the site is stored, but named in the step's failure
+    [failure] = [e.event_specific_data.user_failure_data for e in result.all_events if e.is_step_failure]
+    assert [entry["site"] for entry in failure.metadata["failed_sites"].value] == [SITE]
+    assert "no_duplicate_samples failed" in failure.description and KEY in failure.description
     dup = checks(result)["no_duplicate_samples"]
     assert not dup.passed and dup.severity == dg.AssetCheckSeverity.ERROR
     assert meta(dup, "duplicate_keys") == 3 and meta(dup, "verified_by") == "key queries"
@@ -134,6 +145,7 @@ def test_samples_stamped_in_the_future_fail_the_run(with_points, monkeypatch, in
     monkeypatch.setattr(specs, "utc_now", lambda: partition_start(KEY) - timedelta(minutes=10))
     result = run([timeseries_key(SITE)], instance, partition_key=KEY)
     assert not result.success
+    assert "no_future_samples failed" in " ".join(step_failures(result))
     future = checks(result)["no_future_samples"]
     assert not future.passed and future.severity == dg.AssetCheckSeverity.ERROR
     stored = query(with_points["VITALS_DUCKDB_PATH"], f"SELECT count(*) FROM {SITE}.timeseries")[0][0]
@@ -142,36 +154,29 @@ def test_samples_stamped_in_the_future_fail_the_run(with_points, monkeypatch, in
     assert "examples" in future.metadata
 
 
-class _ShiftingHandler(VitalsArrowTypeHandler):
-    """A broken store (the stock IO manager's time-zone bug): samples land an hour late."""
+class _ShiftingIOManager(VitalsDuckDBIOManager):
+    """A broken store (the stock IO manager's time-zone bug): samples land an hour late, and the
+    quality rows are lost. Overrides the IO manager's `store` seam; the merge is the real one."""
 
-    def handle_output(self, context, table_slice, obj, connection):
-        rows = obj.rows if isinstance(obj, WindowBundle) else obj
+    def store(self, conn, *, schema, table, rows, companions, merge_keys, time_column, window):
         shifted = rows.set_column(
             rows.schema.get_field_index("ts"), "ts",
             pc.add(rows.column("ts"), pa.scalar(timedelta(hours=1), pa.duration("us"))),
         )
-        store_slice(connection, schema=table_slice.schema, table=table_slice.table, rows=shifted,
-                    merge_keys=["point", "ts"])
-        return {}
-
-
-class _ShiftingIOManager(VitalsDuckDBIOManager):
-    @staticmethod
-    def type_handlers():
-        return [_ShiftingHandler()]
+        return store_slice(conn, schema=schema, table=table, rows=shifted, merge_keys=merge_keys)
 
 
 def test_samples_stored_outside_their_window_fail_the_run(with_points, instance):
     settings = Settings.from_env()
-    assets = build_site_assets(SITE, settings)
+    warehouse = DuckDBWarehouse(database=settings.duckdb_path)
     result = dg.materialize(
-        assets,
+        [build_timeseries_asset(settings, QualityThresholds.from_env())],
         selection=[timeseries_key(SITE)],
         partition_key=KEY,
         resources={
             "ace": AceResource(api_url=settings.api_url),
-            "io_manager": _ShiftingIOManager(database=settings.duckdb_path),
+            "warehouse": warehouse,
+            "io_manager": _ShiftingIOManager(warehouse=warehouse),
         },
         instance=instance,
         raise_on_error=False,
@@ -270,14 +275,28 @@ def test_a_point_sending_text_fails_the_numeric_check(sim, with_points, instance
     assert "fault" in meta(numeric, "worst_points") or "offline" in meta(numeric, "worst_points")
 
 
-def test_without_the_points_table_the_unit_checks_say_what_to_do(pipeline_env, instance):
+def test_without_points_the_unit_checks_fail_with_a_warning_saying_what_to_do(pipeline_env, instance):
+    """A points table with no rows (ACE listed none when `<site>/points` last ran): no unit or
+    interval is known, so the 4 checks that need them cannot pass. They fail at WARN (the run
+    still succeeds and the samples are stored) and name the asset to materialize."""
+    with connect_duckdb(pipeline_env["VITALS_DUCKDB_PATH"]) as conn:
+        store_slice(conn, schema=SITE, table=POINTS_TABLE, rows=points_table([], datetime.now(UTC)),
+                    merge_keys=POINTS_MERGE_KEYS)
     result = run([timeseries_key(SITE)], instance, partition_key=KEY)
-    assert result.success
+    assert result.success, step_failures(result)
     got = checks(result)
     for name in ("completeness", "values_in_physical_range", "no_flatlined_sensors", "no_stale_devices"):
-        assert got[name].passed and got[name].severity == dg.AssetCheckSeverity.WARN
-        assert f"materialize {SITE}/points first" in got[name].description
+        assert not got[name].passed and got[name].severity == dg.AssetCheckSeverity.WARN, name
+        assert got[name].description.startswith(f"points not loaded: materialize {SITE}/points"), name
     assert got["no_duplicate_samples"].passed and got["numeric_values"].passed
+    assert query(pipeline_env["VITALS_DUCKDB_PATH"], f"SELECT count(*) FROM {SITE}.timeseries")[0][0] > 0
+    # The table was there (empty): the run did not load the points itself.
+    assert not instance.fetch_materializations(points_key(SITE), limit=1).records
+
+    # Once the points are materialized, the same window passes those checks.
+    assert run([points_key(SITE)], instance).success
+    again = checks(run([timeseries_key(SITE)], instance, partition_key=KEY))
+    assert all(again[name].passed for name in ("completeness", "values_in_physical_range"))
 
 
 def test_checks_off_builds_no_checks_and_no_quality_table(pipeline_env, monkeypatch, instance):
@@ -286,6 +305,109 @@ def test_checks_off_builds_no_checks_and_no_quality_table(pipeline_env, monkeypa
     assert result.success and not result.get_asset_check_evaluations()
     tables = query(pipeline_env["VITALS_DUCKDB_PATH"], "SELECT table_name FROM information_schema.tables")
     assert ("quality",) not in tables and ("timeseries",) in tables
+
+
+# ---------------------------------------------------------------------------------------------
+# What the fleet's runs record (they do not select the checks; see checks/recording.py)
+
+
+@pytest.fixture
+def persistent_instance():
+    """A schedule context reads the instance from its ref: a persistent test instance."""
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def test_a_scheduled_run_records_a_check_result_only_when_its_outcome_changes(
+    sim, pipeline_env, monkeypatch, persistent_instance
+):
+    """The schedule's runs select the timeseries without the checks: they plan no check
+    executions and record a result when it differs from the last one recorded (or in the site's
+    slot of the hour). A run that selects the checks records all of them (tests above).
+
+    Each tick's RunRequest comes from the real schedule and is run as the daemon runs it: the job
+    subset by the request's asset and check selections."""
+    monkeypatch.setenv("VITALS_LOOKBACK_MINUTES", "0")  # one partition per tick: shorter runs
+    instance = persistent_instance
+    slots = recording.slots_in(timedelta(minutes=60))
+    site_slot = spread_slot(SITE, slots)
+    # Ticks outside the site's slot of the hour, so that only a change is recorded.
+    closing = [partition_start(k) + PARTITION
+               for k in window_for_keys("2026-03-09-10:00", "2026-03-09-11:55").partition_keys()]
+    ticks = [end + timedelta(minutes=1) for end in closing if recording.tick_slot(end, slots) != site_slot][:5]
+
+    def tick(at: datetime):
+        settings = Settings.from_env()
+        defs = build_definitions(settings)
+        schedule = defs.resolve_schedule_def("fleet_timeseries_schedule")
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=at) as context:
+            [request] = schedule.evaluate_tick(context).run_requests
+        job = defs.resolve_job_def(schedule.job_name).get_subset(
+            asset_selection=set(request.asset_selection),
+            asset_check_selection=None if request.asset_check_keys is None else set(request.asset_check_keys),
+        )
+        result = job.execute_in_process(instance=instance, tags=request.tags, run_config=QUIET, raise_on_error=False)
+        assert result.success, step_failures(result)
+        planned = instance.get_records_for_run(
+            result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED
+        ).records
+        assert planned == [], "a scheduled run plans no check executions"
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+    assert run([points_key(SITE)], instance).success
+
+    first = tick(ticks[0])  # never recorded: every result is
+    assert set(first) == set(specs.CHECK_NAMES) and all(e.passed for e in first.values()), {
+        n: e.description for n, e in first.items() if not e.passed
+    }
+    assert tick(ticks[1]) == {}, "nothing changed: nothing recorded"
+
+    sim.faults.out_of_range_points = 2
+    changed = tick(ticks[2])
+    assert list(changed) == ["values_in_physical_range"]
+    assert not changed["values_in_physical_range"].passed
+    assert changed["values_in_physical_range"].severity == dg.AssetCheckSeverity.WARN
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(timeseries_key(SITE), "values_in_physical_range")]
+    )
+    [record] = latest.values()
+    assert record.status.value == "FAILED"  # the latest execution is this failure
+
+    sim.faults.out_of_range_points = 0
+    recovered = tick(ticks[3])
+    assert list(recovered) == ["values_in_physical_range"] and recovered["values_in_physical_range"].passed
+
+    # VITALS_CHECK_REPEAT_MINUTES=0: every run records every result, as before the fleet.
+    monkeypatch.setenv("VITALS_CHECK_REPEAT_MINUTES", "0")
+    assert set(tick(ticks[4])) == set(specs.CHECK_NAMES)
+
+
+def test_which_results_are_recorded_over_an_hour():
+    """The rules of checks/recording.py, on a fake clock: change -> recorded; unchanged -> once an
+    hour in the site's slot, not twice in one slot; a big fleet's first passing records spread."""
+    now = datetime(2026, 3, 9, 10, 0, tzinfo=UTC)
+    hour = timedelta(minutes=60)
+    slots = recording.slots_in(hour)
+    assert slots == 12 and recording.slots_in(timedelta(0)) == 1
+
+    def record(current, previous, previous_at=None, site_slot=3, tick_slot=5, **kwargs):
+        return recording.should_record(
+            current=current, previous=previous, previous_at=previous_at, now=now,
+            repeat_every=kwargs.pop("repeat_every", hour), site_slot=site_slot, tick_slot=tick_slot, **kwargs,
+        )
+
+    assert record("passed", None) and record("WARN", None)
+    assert not record("passed", None, spread_first=True)  # a big fleet's first passes wait
+    assert record("passed", None, spread_first=True, site_slot=5)  # ... for the site's slot
+    assert record("WARN", None, spread_first=True)  # a failure never waits
+    assert record("ERROR", "WARN", now) and record("passed", "ERROR", now)
+    assert not record("passed", "passed", now - timedelta(minutes=55))  # not the site's slot
+    assert record("passed", "passed", now - timedelta(minutes=55), site_slot=5)
+    assert not record("passed", "passed", now - timedelta(minutes=10), site_slot=5)  # same slot, re-run
+    assert record("passed", "passed", now, repeat_every=timedelta(0))
+    # The 12 ticks of an hour give every slot once.
+    ticks = [recording.tick_slot(now + i * PARTITION, slots) for i in range(12)]
+    assert sorted(ticks) == list(range(12))
 
 
 # ---------------------------------------------------------------------------------------------

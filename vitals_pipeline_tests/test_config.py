@@ -21,6 +21,17 @@ def test_defaults():
     assert s.duckdb_path == "data/vitals.duckdb"
     assert s.lookback_minutes == 10
     assert s.partitions_start == datetime(2026, 11, 22, tzinfo=UTC)
+    # Fleets: sites fetched at once, a site's budget per hour of window, sites per scheduled run,
+    # how often an unchanged check result is recorded again.
+    assert (s.fetch_concurrency, s.site_budget_seconds, s.shard_size, s.check_repeat_minutes) == (16, 30, 500, 60)
+
+
+def test_fleet_settings_are_read():
+    s = settings(
+        VITALS_FETCH_CONCURRENCY="4", VITALS_SITE_BUDGET_SECONDS="90", VITALS_SHARD_SIZE="250",
+        VITALS_CHECK_REPEAT_MINUTES="0",
+    )
+    assert (s.fetch_concurrency, s.site_budget_seconds, s.shard_size, s.check_repeat_minutes) == (4, 90, 250, 0)
 
 
 def test_sites_are_split_and_trimmed():
@@ -41,8 +52,17 @@ def test_sites_are_split_and_trimmed():
         ({"VITALS_PARTITIONS_START": "2026-01-01-00:02"}, "5-minute"),
         ({"VITALS_LOOKBACK_MINUTES": "7"}, "multiple of 5"),
         ({"ACE_API_URL": "flightdeck.aceiot.cloud"}, "not an http"),
+        ({"VITALS_FETCH_CONCURRENCY": "0"}, "between 1 and 256"),
+        ({"VITALS_FETCH_CONCURRENCY": "many"}, "not a whole number"),
+        ({"VITALS_SITE_BUDGET_SECONDS": "2"}, "between 5 and 3600"),
+        ({"VITALS_SHARD_SIZE": "20000"}, "between 1 and 10000"),
+        ({"VITALS_CHECK_REPEAT_MINUTES": "7"}, "multiple of 5"),
+        ({"VITALS_CHECK_REPEAT_MINUTES": "2880"}, "up to 1440"),
+        ({"VITALS_CHECK_REPEAT_MINUTES": "hourly"}, "not a whole number"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         settings(**env)
+    [variable] = env
+    assert variable in str(error.value) and "\n" not in str(error.value)

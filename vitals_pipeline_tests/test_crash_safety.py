@@ -1,9 +1,10 @@
 """Crash safety: SIGKILL the run process while it writes DuckDB.
 
 A child process runs the real `test_site/timeseries` job for a 15-minute range against a real
-DAGSTER_HOME and DuckDB file. To land kills inside the write phase, the child wraps the IO
-manager's merge steps (`_ensure_table`, `_update_changed_rows`, `_insert_new_rows`, ...) so that
-each prints a marker and pauses briefly before and after it; nothing else changes. Per seed the
+DAGSTER_HOME and DuckDB file. To land kills inside the write phase, the child wraps the merge steps
+the IO manager's store runs (`_ensure_table`, `_update_changed_rows`, `_insert_new_rows`, ... in
+duckdb_io) so that each prints a marker and pauses briefly before and after it, and the IO
+manager's `store` so that it prints where the write starts and ends; nothing else changes. Per seed the
 test picks a marker (one stratum of the write per seed: early, middle, late), waits for it,
 sleeps a seeded random part of the pause, and kills the child with SIGKILL.
 
@@ -35,7 +36,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from vitals_pipeline.assets.site import range_tags, timeseries_key
+from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.storage.duckdb_io import connect_duckdb
 from vitals_pipeline.windows import floor_to_partition, partition_key, window_for_keys
 from vitals_pipeline_tests.conftest import SIM_NOW, SITE
@@ -83,18 +84,22 @@ def announce(name, step):
 for name in ("_ensure_table", "_slice_has_rows", "_update_changed_rows", "_insert_new_rows", "_insert_all"):
     setattr(duckdb_io, name, announce(name, getattr(duckdb_io, name)))
 
-real_store = duckdb_io.store_slice
+# The IO manager's store: the whole write of the site's window (samples and quality rows, one
+# transaction). Its seam for tests, `store`, calls the real merge.
+from vitals_pipeline.storage.io_manager import VitalsDuckDBIOManager
 
-def store_slice(*args, **kwargs):
+real_store = VitalsDuckDBIOManager.store
+
+def store(self, conn, **kwargs):
     print("write-start", flush=True)
-    out = real_store(*args, **kwargs)
+    out = real_store(self, conn, **kwargs)
     print("write-end", flush=True)
     return out
 
-duckdb_io.store_slice = store_slice
+VitalsDuckDBIOManager.store = store
 
 import dagster as dg
-from vitals_pipeline.assets.site import range_tags, timeseries_key
+from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline_tests.helpers import QUIET, build_job
 
 first, last = sys.argv[1], sys.argv[2]

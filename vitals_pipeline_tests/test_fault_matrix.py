@@ -6,8 +6,13 @@ with spaces, `%` and `°`) through the real definitions, in-process, over loopba
 fresh DuckDB file, and compares the whole table with `Simulator.ground_truth` for the window:
 zero missing, zero duplicated, zero altered (value == Python float() of the wire string, raw_value
 == the wire string when it is not a finite number), nothing stored outside the window. Each case
-also proves its fault really happened (server fault counters, run metadata), so a fault that
-silently stopped firing fails the test instead of passing it.
+also proves its fault really happened (server fault counters, the run's fetch figures), so a fault
+that silently stopped firing fails the test instead of passing it.
+
+The fetch figures (pages, requests, retries, page size, what the cleaning dropped per partition)
+are no longer materialization metadata (a fleet keeps that lean): they are read from the step's
+own fetch of the site (`fetch_site_window`, wrapped to keep its result, run unchanged), and the
+step's summary log line must report the same pages, requests and retries.
 
 README "Reliability" has the table of what was tried.
 """
@@ -25,7 +30,8 @@ import pytest
 
 from vitals_pipeline.ace import client as client_module
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
-from vitals_pipeline.assets.site import range_tags, timeseries_key
+from vitals_pipeline.assets import timeseries as timeseries_module
+from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.windows import window_for_keys
 from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE
 from vitals_pipeline_tests.helpers import (
@@ -35,7 +41,6 @@ from vitals_pipeline_tests.helpers import (
     expected_rows,
     materialized_partitions,
     run_assets,
-    run_metadata,
     step_failures,
     stored_rows,
 )
@@ -164,17 +169,23 @@ CASES: dict[str, Case] = {
 }
 
 
-def _partition_metadata(instance) -> dict[str, dict]:
-    import dagster as dg
+def _figures(fetched) -> dict[str, Any]:
+    """What one run's fetch of the site cost and cleaned (the figures that were run metadata)."""
+    return {
+        "run_samples": fetched.result.samples.num_rows,
+        "run_pages": fetched.stats.pages,
+        "run_requests": fetched.stats.requests,
+        "run_retries": fetched.stats.retries,
+        "run_page_size": fetched.stats.page_size,
+    }
 
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=KEY, asset_partitions=WINDOW.partition_keys()), limit=100
-    ).records
-    latest: dict[str, dict] = {}
-    for record in records:  # newest first
-        m = record.asset_materialization
-        latest.setdefault(m.partition, {k: v.value for k, v in m.metadata.items()})
-    return latest
+
+def _summary_line(instance, run_id: str) -> str:
+    [line] = [
+        entry.user_message for entry in instance.all_logs(run_id)
+        if not entry.is_dagster_event and " samples in " in entry.user_message
+    ]
+    return line
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -210,6 +221,15 @@ def test_fault_loses_nothing(name, monkeypatch, tmp_path):
         sim.faults.update(case.faults)
         instance = dg.DagsterInstance.ephemeral()
         run_config = ace_run_config(**case.resource) if case.resource else None
+        fetches = []  # the site's fetch of each run, as the step got it
+        real_fetch = timeseries_module.fetch_site_window
+
+        def kept_fetch(*args, **kwargs):
+            fetched = real_fetch(*args, **kwargs)
+            fetches.append(fetched)
+            return fetched
+
+        monkeypatch.setattr(timeseries_module, "fetch_site_window", kept_fetch)
 
         def materialize():
             result = run_assets(
@@ -233,10 +253,19 @@ def test_fault_loses_nothing(name, monkeypatch, tmp_path):
         stats = server.stats
 
     assert_exact(db, sim, WINDOW.start, WINDOW.end)
-    meta = run_metadata(result, KEY)
+    assert len(fetches) == (2 if case.scenario in ("late", "empty_refetch") else 1)
+    fetched = fetches[-1]
+    meta = _figures(fetched)
+    # The step reports the same figures in its summary line.
+    line = _summary_line(instance, result.run_id)
+    assert (
+        f"{meta['run_samples']} samples in {meta['run_pages']} pages "
+        f"({meta['run_requests']} requests, {meta['run_retries']} retries)"
+    ) in line, (line, meta)
     if case.scenario == "empty_refetch":
         assert meta["run_samples"] == 0 and stored_rows(db) == before
-    per_partition = _partition_metadata(instance)
+    per_partition = {key: figures.as_metadata() for key, figures in fetched.result.partitions.items()}
+    assert sorted(per_partition) == WINDOW.partition_keys()
     if case.faults.get("duplicate_across_pages"):
         assert _sum(per_partition, "duplicates_dropped") > 0, per_partition
     if case.faults.get("outside_window_rows"):

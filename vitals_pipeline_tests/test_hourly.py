@@ -16,7 +16,7 @@ from vitals_pipeline.assets.hourly import (
     hourly_key,
     hourly_rollup,
 )
-from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline_tests.helpers import run_assets, step_failures

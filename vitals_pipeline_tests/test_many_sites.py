@@ -1,6 +1,6 @@
 """Many sites: definitions for 20 sites load fast and group per site; a failing site does not stop
-the others (separate runs, and separate steps in one run); a schedule tick asks for at most one run
-per site."""
+the others sharing its run (timeseries, points); a schedule tick asks for one run per shard of
+sites, each site in exactly one."""
 
 import time
 from datetime import UTC, datetime
@@ -10,11 +10,12 @@ import duckdb
 import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
-from vitals_pipeline.assets.site import timeseries_key
-from vitals_pipeline.assets.weather import weather_key
+from vitals_pipeline.assets.keys import five_minute_partitions, points_key, timeseries_key
+from vitals_pipeline.automation.jobs import FLEET_JOB
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline_tests.conftest import SITE, simulator
+from vitals_pipeline_tests.helpers import QUIET
 
 SITES = [f"site_{i:02d}" for i in range(20)]
 GHOST = "ghost_site"  # unknown to ACE: every route answers 403
@@ -47,58 +48,82 @@ def test_twenty_sites_load_fast_and_are_grouped_per_site(pipeline_env, monkeypat
     assert all(names >= PER_SITE for names in by_site.values())
 
 
-def test_a_failing_site_fails_only_its_own_run(sim, pipeline_env, monkeypatch):
-    monkeypatch.setenv("ACE_SITES", f"{SITE},{GHOST}")
-    defs = build_definitions(Settings.from_env())
+def test_a_failing_site_fails_only_its_own_partitions_in_a_shared_run(sim, pipeline_env, monkeypatch):
+    """One fleet run for both sites, the failing one first: the other is fetched, stored and
+    materialized all the same; only the failing site's partition is FAILED."""
+    monkeypatch.setenv("ACE_SITES", f"{GHOST},{SITE}")
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
     instance = dg.DagsterInstance.ephemeral()
-    results = {}
-    for site in (GHOST, SITE):  # the failing site first: the other's run must not care
-        job = defs.resolve_job_def(f"{site}_timeseries")
-        results[site] = job.execute_in_process(
-            instance=instance, partition_key="2026-03-09-10:00", raise_on_error=False
-        )
-    assert not results[GHOST].success and results[SITE].success
-    assert results[GHOST].run_id != results[SITE].run_id
-    [failure] = [e for e in results[GHOST].all_events if e.is_step_failure]
-    assert "HTTP 403" in failure.event_specific_data.error.message
+    key = "2026-03-09-10:00"
+    result = defs.resolve_job_def(FLEET_JOB).execute_in_process(
+        instance=instance, asset_selection=[timeseries_key(GHOST), timeseries_key(SITE)],
+        partition_key=key, run_config=QUIET, raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    user = failure.event_specific_data.user_failure_data
+    assert "HTTP 403" in user.description and SITE not in user.description.replace(GHOST, "")
+    assert [entry["site"] for entry in user.metadata["failed_sites"].value] == [GHOST]
+    partitions = five_minute_partitions(settings)
+    status = {
+        site: instance.get_status_by_partition(timeseries_key(site), [key], partitions)[key]
+        for site in (GHOST, SITE)
+    }
+    assert status == {GHOST: dg.AssetPartitionStatus.FAILED, SITE: dg.AssetPartitionStatus.MATERIALIZED}
     with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
         assert con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchall()[0][0] > 0
         schemas = {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
     assert GHOST not in schemas
 
 
-def test_a_failing_site_step_does_not_stop_another_sites_step_in_one_run(sim, pipeline_env, monkeypatch):
-    """The automation sensor puts the same partition of several sites' assets in one run."""
+def test_a_failing_site_does_not_stop_another_sites_points_in_one_run(sim, pipeline_env, monkeypatch):
+    """The points of every site are one step too: a site ACE refuses is named in the step's
+    failure, the other's points are stored and materialized."""
     monkeypatch.setenv("ACE_SITES", f"{GHOST},{SITE}")
     job = build_definitions(Settings.from_env()).resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
-        asset_selection=[weather_key(GHOST), weather_key(SITE)],
-        partition_key="2026-03-10-11:55",
+        asset_selection=[points_key(GHOST), points_key(SITE)],
+        run_config=QUIET,
         raise_on_error=False,
     )
     assert not result.success
-    assert [e.step_key for e in result.all_events if e.is_step_failure] == [f"{GHOST}__weather"]
-    assert result.asset_materializations_for_node(f"{SITE}__weather")
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "points"
+    listed = failure.event_specific_data.user_failure_data.metadata["failed_sites"].value
+    assert [entry["site"] for entry in listed] == [GHOST] and "HTTP 403" in listed[0]["error"]
+    assert [m.asset_key for m in result.asset_materializations_for_node("points")] == [points_key(SITE)]
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        names = {r[0] for r in con.execute(f"SELECT name FROM {SITE}.points").fetchall()}
+    assert names == {p["name"] for p in sim.points(SITE)}
 
 
-def test_a_schedule_tick_asks_for_at_most_one_run_per_site(pipeline_env, monkeypatch):
+@pytest.mark.parametrize(("shard_size", "runs"), [(None, [20]), ("8", [8, 8, 4])])
+def test_a_schedule_tick_asks_for_one_run_per_shard_covering_each_site_once(
+    pipeline_env, monkeypatch, shard_size, runs
+):
     monkeypatch.setenv("ACE_SITES", ",".join(SITES))
+    if shard_size:
+        monkeypatch.setenv("VITALS_SHARD_SIZE", shard_size)
     defs = build_definitions(Settings.from_env())
     schedules = list(defs.schedules or [])
-    assert len(schedules) == len(SITES), "one schedule per site"
+    assert [s.name for s in schedules] == ["fleet_timeseries_schedule"], "one schedule for the fleet"
+    [schedule] = schedules
     tick = datetime(2026, 3, 10, 11, 1, tzinfo=UTC)
     with dg.instance_for_test() as instance:
         # A context opened with `with` closes the instance it resolves (unclosed, it leaves
         # Dagster pointing at a dead instance for later tests in the same worker).
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
-            sites_asked = []
-            for schedule in schedules:
-                requests = schedule.evaluate_tick(context).run_requests or []
-                assert len(requests) <= 1, schedule.name
-                job = defs.resolve_job_def(schedule.job_name)
-                selected = job.asset_layer.selected_asset_keys
-                assert len({key.path[0] for key in selected}) == 1, f"{schedule.job_name} spans sites"
-                sites_asked += [key.path[0] for key in selected for _ in requests]
-    assert sorted(sites_asked) == SITES
-    assert timeseries_key(SITES[0]) in defs.resolve_job_def(f"{SITES[0]}_timeseries").asset_layer.selected_asset_keys
+            requests = schedule.evaluate_tick(context).run_requests or []
+    assert [len(r.asset_selection) for r in requests] == runs
+    asked = [key for r in requests for key in r.asset_selection]
+    assert sorted(asked) == sorted(timeseries_key(site) for site in SITES), "each site once"
+    assert len({r.run_key for r in requests}) == len(runs)
+    for request in requests:
+        # The newest closed partition and the 10-minute lookback, the same for every shard.
+        assert (request.tags["dagster/asset_partition_range_start"],
+                request.tags["dagster/asset_partition_range_end"]) == ("2026-03-10-10:45", "2026-03-10-10:55")
+        assert request.asset_check_keys == [], "a scheduled run records only changed check results"
+    job = defs.resolve_job_def(schedule.job_name)
+    assert set(job.asset_layer.selected_asset_keys) == {timeseries_key(site) for site in SITES}

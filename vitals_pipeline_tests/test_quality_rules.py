@@ -425,16 +425,30 @@ def test_stored_window_is_reconciled_by_count_and_explained_by_keys_when_it_is_n
     assert bad.future_rows == 6 and bad.future_examples[0][1] == run[-1][1]
 
 
-def test_checks_needing_the_points_table_pass_with_a_warning_when_it_is_missing():
+def test_checks_needing_the_points_table_fail_with_a_warning_when_it_is_missing():
+    """Without points no expectation is known: the 4 points-dependent checks cannot pass. They fail
+    at WARN (never blocking the store) and say what to materialize; the others are judged."""
     a = assess(every(ZONE[0], at(0), at(5), 60, 72.0), pa.table({f.name: [] for f in POINT_SCHEMA}, schema=POINT_SCHEMA), minutes=5)
     rq = specs.RunQuality("s", "s", Window(START, START + PARTITION), T, a, a.partition_figures)
     stored = specs.StoredFigures(stored_rows=5, expected_rows=5)
     results = {r.check_name: r for r in specs.build_results(rq, stored, specs.SourceFigures(), START)}
     assert list(results) == list(specs.CHECK_NAMES)
-    for name in ("completeness", "values_in_physical_range", "no_flatlined_sensors", "no_stale_devices"):
-        assert results[name].passed and results[name].severity == dg.AssetCheckSeverity.WARN
-        assert "materialize s/points first" in results[name].description
+    # Each result names its asset: one fleet step reports the checks of many sites.
+    assert {r.asset_key for r in results.values()} == {dg.AssetKey(["s", "timeseries"])}
+    needs_points = ("completeness", "values_in_physical_range", "no_flatlined_sensors", "no_stale_devices")
+    for name in needs_points:
+        assert not results[name].passed and results[name].severity == dg.AssetCheckSeverity.WARN
+        assert results[name].description.startswith("points not loaded: materialize s/points ")
+        assert results[name].metadata["points_loaded"].value is False
+    assert not set(needs_points) & specs.BLOCKING_CHECKS
     assert results["numeric_values"].passed and results["no_duplicate_samples"].passed
+    assert results["samples_inside_window"].passed and results["no_future_samples"].passed
+
+    # With the points known, the same window passes those checks.
+    known = assess(every(ZONE[0], at(0), at(5), 60, 72.0), points(ZONE), minutes=5)
+    rq = specs.RunQuality("s", "s", Window(START, START + PARTITION), T, known, known.partition_figures)
+    judged = {r.check_name: r for r in specs.build_results(rq, stored, specs.SourceFigures(), START)}
+    assert all(judged[name].passed for name in needs_points), {n: judged[n].description for n in needs_points}
 
 
 def test_a_check_that_cannot_be_evaluated_fails_instead_of_failing_the_step():

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import dagster as dg
 from click.testing import CliRunner
-from dagster._serdes import serialize_value
 
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
-from vitals_pipeline.assets.site import points_key, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key
 from vitals_pipeline_tests.conftest import SIM_NOW, SITE
 from vitals_pipeline_tests.helpers import run_assets, step_failures
 
@@ -73,15 +72,15 @@ def test_the_key_appears_nowhere(monkeypatch, tmp_path, caplog):
             runs = instance.get_runs()
             assert len(runs) == 3
             for run in runs:
-                found += leaks(serialize_value(run), f"run {run.run_id} (tags, config)")
+                found += leaks(dg.serialize_value(run), f"run {run.run_id} (tags, config)")
                 for entry in instance.all_logs(run.run_id):
-                    found += leaks(serialize_value(entry), f"event log of run {run.run_id}")
+                    found += leaks(dg.serialize_value(entry), f"event log of run {run.run_id}")
             materializations = instance.fetch_materializations(
                 timeseries_key(SITE), limit=100
             ).records
             assert materializations
             for record in materializations:
-                found += leaks(serialize_value(record), "materialization metadata")
+                found += leaks(dg.serialize_value(record), "materialization metadata")
 
         status_plain = CliRunner().invoke(main, ["status"])
         status_json = CliRunner().invoke(main, ["status", "--json"])

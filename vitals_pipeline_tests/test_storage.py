@@ -1,11 +1,21 @@
 """The DuckDB IO manager against real DuckDB files and real Dagster runs.
 
-Each test names the stock IO manager problem it guards against (dagster-notes.md, problems 1-8).
+Each test names the problem of the stock dagster-duckdb IO manager it guards against (its store is
+delete-the-slice, then insert positionally, in separate autocommits):
+1. a failed insert after the delete leaves the partition empty;
+2. naive window literals follow the process time zone (a re-run under TZ != UTC duplicated rows);
+3. an empty frame deletes the slice and the run succeeds;
+4. rows outside the window are inserted and never cleaned up;
+5. a new or reordered column breaks the positional insert;
+6. a database file whose stem equals the schema name fails every write ("Ambiguous reference");
+7. another process holding the file blocks writers ("Could not set lock on file");
+8. no upsert and no primary key.
 """
 
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -20,6 +30,7 @@ from vitals_pipeline.storage import (
     TIMESERIES_SCHEMA,
     CompanionTable,
     DuckDBFileLockedError,
+    DuckDBWarehouse,
     StoreCounts,
     VitalsDuckDBIOManager,
     WindowBundle,
@@ -43,7 +54,6 @@ PARTITIONS = dg.TimeWindowPartitionsDefinition(
     timezone="UTC",
 )
 TS_METADATA = {"schema": SITE, "partition_expr": "ts", "merge_keys": KEYS}
-STORE_FIGURES = {"store_rows_inserted", "store_rows_updated", "store_rows_unchanged"}
 
 
 def samples(*rows: tuple[str, datetime, float | None, str | None], dictionary: bool = True):
@@ -447,6 +457,41 @@ def test_locked_file_is_waited_for(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# The warehouse: one session (connection) per run, shared by the step's threads
+
+
+def test_a_session_holds_one_connection_that_the_runs_threads_share(tmp_path):
+    warehouse = DuckDBWarehouse(database=str(tmp_path / "vitals.duckdb"))
+    with warehouse.session() as conn:
+        with warehouse.connect() as same, warehouse.session() as inner:
+            assert same is conn and inner is conn  # the session's, and re-entrant
+        conn.execute("SELECT 1")  # the inner session's end left it open
+        assert not duckdb_io.table_exists(conn, SITE, "timeseries")
+        store(conn, samples(("p1", at(1), 1.0, None)))
+        # The catalog the session keeps saw the table the store created.
+        assert duckdb_io.table_exists(conn, SITE, "timeseries")
+
+        seen = []
+
+        def fetch_thread() -> None:
+            # A fetch thread reads on its own cursor of the session: committed rows, no lock.
+            with warehouse.connect() as cursor:
+                seen.append((cursor is conn, cursor.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0]))
+
+        reader = threading.Thread(target=fetch_thread)
+        reader.start()
+        reader.join()
+        assert seen == [(False, 1)]
+    # The session is over: its connection is closed, and connect() opens (and closes) its own.
+    with pytest.raises(duckdb.ConnectionException):
+        conn.execute("SELECT 1")
+    with warehouse.connect() as own:
+        assert own is not conn and stored(own) == [("p1", at(1), 1.0, None)]
+    with pytest.raises(duckdb.ConnectionException):
+        own.execute("SELECT 1")
+
+
+# ---------------------------------------------------------------------------------------------
 # Real Dagster runs
 
 
@@ -477,18 +522,43 @@ def reader_asset(loaded: list[pa.Table]):
     return reader
 
 
-def run(assets, database, *, partition_key=None, tags=None, **io_options):
+# Every store the IO manager made in a test's runs: (table, window, counts per table). Recorded by
+# overriding `store`, the IO manager's seam for tests; the merge itself is the real one.
+STORES: list[tuple[str, tuple | None, dict[str, StoreCounts]]] = []
+
+
+class RecordingIOManager(VitalsDuckDBIOManager):
+    def store(self, conn, **kwargs) -> dict[str, StoreCounts]:
+        counts = super().store(conn, **kwargs)
+        STORES.append((kwargs["table"], kwargs["window"], counts))
+        return counts
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stores():
+    STORES.clear()
+    yield
+    STORES.clear()
+
+
+def run(assets, database, *, partition_key=None, tags=None, **warehouse_options):
     return dg.materialize(
         assets,
         instance=dg.DagsterInstance.ephemeral(),
-        resources={"io_manager": VitalsDuckDBIOManager(database=str(database), **io_options)},
+        resources={
+            "io_manager": RecordingIOManager(
+                warehouse=DuckDBWarehouse(database=str(database), **warehouse_options)
+            )
+        },
         partition_key=partition_key,
         tags=tags,
         raise_on_error=False,
     )
 
 
-def figures(result: dg.ExecuteInProcessResult, node: str = "demo_office__timeseries") -> list[dict]:
+def materialization_metadata(
+    result: dg.ExecuteInProcessResult, node: str = "demo_office__timeseries"
+) -> list[dict]:
     return [
         {key: value.value for key, value in m.metadata.items()}
         for m in result.asset_materializations_for_node(node)
@@ -512,12 +582,10 @@ def test_single_partition_run_stores_and_a_downstream_asset_loads_the_slice(tmp_
     key = "2025-10-12-14:00"
     result = run(assets, database, partition_key=key)
     assert result.success
-    [stored_figures] = figures(result)
-    assert {k: stored_figures[k] for k in STORE_FIGURES} == {
-        "store_rows_inserted": 5, "store_rows_updated": 0, "store_rows_unchanged": 0
-    }  # fmt: skip
-    assert set(stored_figures) == STORE_FIGURES | {"dagster/table_name", "Query"}
-    assert stored_figures["dagster/table_name"] == f"{SITE}.{SITE}.timeseries"
+    assert STORES == [("timeseries", WINDOW, {"timeseries": StoreCounts(inserted=5)})]
+    # The IO manager adds no metadata of its own: a range run would copy it onto every
+    # partition's materialization (see test_range_run_...).
+    assert materialization_metadata(result) == [{}]
     assert loaded[0].sort_by("ts") == one_sample_per_minute(*WINDOW).cast(loaded[0].schema)
 
     # The next partition's run loads only its own window.
@@ -535,17 +603,22 @@ def test_range_run_merges_the_whole_range_and_keeps_rows_on_a_partial_refetch(tm
     }
     result = run([timeseries_asset(one_sample_per_minute)], database, tags=range_tags)
     assert result.success
-    # One materialization per partition, each with the run's figures (15 minutes, 15 samples).
-    assert [f["store_rows_inserted"] for f in figures(result)] == [15, 15, 15]
+    # ONE merge over the run's whole window (15 minutes, 15 samples), and one materialization
+    # per partition, none carrying IO manager figures.
+    whole = (T0, T0 + timedelta(minutes=15))
+    assert STORES == [("timeseries", whole, {"timeseries": StoreCounts(inserted=15)})]
+    assert materialization_metadata(result) == [{}, {}, {}]
+    assert [m.partition for m in result.asset_materializations_for_node("demo_office__timeseries")] == [
+        "2025-10-12-14:00", "2025-10-12-14:05", "2025-10-12-14:10"
+    ]  # fmt: skip
 
     def outage(start: datetime, end: datetime) -> pa.Table:
         return one_sample_per_minute(start, end).slice(0, 2)
 
+    STORES.clear()
     refetch = run([timeseries_asset(outage)], database, tags=range_tags)
     assert refetch.success
-    assert {k: figures(refetch)[0][k] for k in STORE_FIGURES} == {
-        "store_rows_inserted": 0, "store_rows_updated": 0, "store_rows_unchanged": 2
-    }  # fmt: skip
+    assert STORES == [("timeseries", whole, {"timeseries": StoreCounts(unchanged=2)})]
     connection = connect_duckdb(str(database))
     try:
         assert len(stored(connection)) == 15
@@ -558,9 +631,11 @@ def test_rerun_under_new_york_time_yields_no_duplicates(tmp_path, new_york_time)
     assets = [timeseries_asset(one_sample_per_minute)]
     key = "2025-10-12-14:00"
     assert run(assets, database, partition_key=key).success
+    STORES.clear()
     again = run(assets, database, partition_key=key)
     assert again.success
-    assert figures(again)[0]["store_rows_unchanged"] == 5
+    # The window bound in UTC whatever the process zone: the same 5 rows, unchanged.
+    assert STORES == [("timeseries", WINDOW, {"timeseries": StoreCounts(unchanged=5)})]
     connection = connect_duckdb(str(database))
     try:
         assert [row[1] for row in stored(connection)] == one_sample_per_minute(*WINDOW).column(
@@ -579,7 +654,9 @@ def test_bundle_output_writes_the_companion_in_the_same_run(tmp_path):
     database = tmp_path / "vitals.duckdb"
     result = run([timeseries_asset(bundle)], database, partition_key="2025-10-12-14:00")
     assert result.success
-    assert figures(result)[0]["store_rows_inserted"] == 5
+    assert STORES == [
+        ("timeseries", WINDOW, {"timeseries": StoreCounts(inserted=5), "quality": StoreCounts(inserted=1)})
+    ]
     connection = connect_duckdb(str(database))
     try:
         assert stored(connection, "quality") == [("p1", T0, 5)]
@@ -597,9 +674,12 @@ def test_unpartitioned_asset_run(tmp_path):
     database = tmp_path / "vitals.duckdb"
     assert run([points], database).success
     names[0] = ["p2", "p3"]
+    STORES.clear()
     result = run([points], database)
     assert result.success
-    assert figures(result, "demo_office__points")[0]["store_rows_inserted"] == 1
+    # No window: the merge covers the whole table (p1, no longer listed, is kept).
+    assert STORES == [("points", None, {"points": StoreCounts(inserted=1, unchanged=1)})]
+    assert materialization_metadata(result, "demo_office__points") == [{}]
     connection = connect_duckdb(str(database))
     try:
         assert [row[0] for row in stored(connection, "points")] == ["p1", "p2", "p3"]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from vitals_pipeline.ace.parse import SAMPLE_SCHEMA
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
-from vitals_pipeline.assets.site import five_minute_partitions, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import five_minute_partitions, range_tags, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.samples import clean_window, merge_clean_results
 from vitals_pipeline.windows import (

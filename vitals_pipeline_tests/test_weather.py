@@ -1,7 +1,8 @@
 """`<site>/weather`: current conditions over real HTTP from the simulator, keyed by the reading's
-own time; a site without a feed is skipped, an unknown site fails."""
+own time; unpartitioned, read every 5 minutes for every site in one run; a site without a feed is
+skipped, an unknown site fails alone."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import duckdb
@@ -13,6 +14,7 @@ from vitals_pipeline.assets.weather import NO_FEED, weather_key, weather_rows
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE, simulator
+from vitals_pipeline_tests.helpers import QUIET
 
 NO_FEED_SITE = "no_feed_site"
 METRICS = ["clouds", "dew_point", "feels_like", "humidity", "pressure", "temp", "wet_bulb", "wind_deg", "wind_speed"]
@@ -26,10 +28,12 @@ def sim() -> Simulator:
 pytestmark = pytest.mark.usefixtures("derived_env")
 
 
-def run(site, partition_key, instance):
+def run(sites, instance):
+    """One run of the weather of `sites` (unpartitioned: no partition key)."""
     job = build_definitions(Settings.from_env()).resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
-        instance=instance, asset_selection=[weather_key(site)], partition_key=partition_key, raise_on_error=False
+        instance=instance, asset_selection=[weather_key(site) for site in sites], run_config=QUIET,
+        raise_on_error=False,
     )
 
 
@@ -39,58 +43,92 @@ def stored(path, site=SITE):
 
 
 def materialization_metadata(result, site=SITE):
-    [materialization] = result.asset_materializations_for_node(f"{site}__weather")
+    [materialization] = [
+        m for m in result.asset_materializations_for_node("weather") if m.asset_key == weather_key(site)
+    ]
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
 def test_current_conditions_are_stored_once_per_reading_time(sim, pipeline_env):
     instance = dg.DagsterInstance.ephemeral()
     path = pipeline_env["VITALS_DUCKDB_PATH"]
-    # The tick for the partition that closed at 12:00 runs at 12:00: the reading (12:00) is
-    # outside that partition's window [11:55, 12:00), and is stored under its own time.
-    result = run(SITE, "2026-03-10-11:55", instance)
+    # The tick at 12:00 reads the 12:00 reading, stored under its own time.
+    result = run([SITE], instance)
     assert result.success
     truth = sim.weather(SITE)
     rows = stored(path)
     assert rows == [
         (m, datetime(2026, 3, 10, 12, 0), float(truth[m]["value"]), f"{SITE}/weather/{m}") for m in METRICS
     ]
-    assert materialization_metadata(result)["store_rows_inserted"] == 9
+    assert materialization_metadata(result) == {"readings": 9, "reading_time": "2026-03-10T12:00:00"}
 
-    # The next tick reads the same reading: nothing new.
-    result = run(SITE, "2026-03-10-12:00", instance)
+    # The next tick reads the same reading: stored once (the merge over the table on (metric, ts)).
+    result = run([SITE], instance)
     assert result.success and stored(path) == rows
-    assert materialization_metadata(result)["store_rows_unchanged"] == 9
+    assert materialization_metadata(result) == {"readings": 9, "reading_time": "2026-03-10T12:00:00"}
 
     sim.set_now(SIM_NOW + timedelta(minutes=5, seconds=20))
-    assert run(SITE, "2026-03-10-12:05", instance).success
+    assert run([SITE], instance).success
     later = stored(path)
     assert len(later) == 18 and {r[1] for r in later} == {datetime(2026, 3, 10, 12, 0), datetime(2026, 3, 10, 12, 5)}
+    assert [r for r in later if r[1] == datetime(2026, 3, 10, 12, 0)] == rows, "the older reading is kept"
 
 
-def test_an_old_partition_stores_todays_reading(sim, pipeline_env):
-    """ACE has current conditions only: a backfill cannot give old weather (documented)."""
-    assert run(SITE, "2026-03-01-00:00", dg.DagsterInstance.ephemeral()).success
-    assert {r[1] for r in stored(pipeline_env["VITALS_DUCKDB_PATH"])} == {datetime(2026, 3, 10, 12, 0)}
+def test_weather_is_unpartitioned_and_automated_every_five_minutes(sim, pipeline_env, monkeypatch):
+    """ACE has current conditions only: no 5-minute partition of the past could ever be filled,
+    so the asset has no partitions; a cron condition reads it every 5 minutes, for every site in
+    one run."""
+    monkeypatch.setenv("ACE_SITES", f"{SITE},{NO_FEED_SITE}")
+    defs = build_definitions(Settings.from_env())
+    graph = defs.resolve_asset_graph()
+    keys = [weather_key(SITE), weather_key(NO_FEED_SITE)]
+    for key in keys:
+        assert graph.get(key).partitions_def is None, key
+    with pytest.raises(Exception, match="(?i)partition"):
+        defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(), asset_selection=keys, partition_key="2026-03-10-11:55",
+        )
+
+    instance = dg.DagsterInstance.ephemeral()
+    cursor, requested = None, []
+    for minute in (1, 3, 6, 8, 11):  # cron ticks at 12:05 and 12:10 fall between evaluations
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*keys),
+            evaluation_time=datetime(2026, 3, 10, 12, minute, tzinfo=UTC), cursor=cursor,
+        )
+        cursor = result.cursor
+        requested.append({key for key in keys if result.get_num_requested(key)})
+    assert requested == [set(), set(), set(keys), set(), set(keys)]
 
 
 def test_site_without_weather_feed_is_skipped_not_failed(sim, pipeline_env, monkeypatch):
     monkeypatch.setenv("ACE_SITES", f"{SITE},{NO_FEED_SITE}")
-    result = run(NO_FEED_SITE, "2026-03-10-11:55", dg.DagsterInstance.ephemeral())
+    result = run([SITE, NO_FEED_SITE], dg.DagsterInstance.ephemeral())
     assert result.success
     assert materialization_metadata(result, NO_FEED_SITE) == {"skipped": NO_FEED}
-    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"]) as con:
-        assert con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'weather'"
-        ).fetchall() == [(0,)]
+    assert materialization_metadata(result, SITE)["readings"] == 9
+    # No reading is stored for it. (The IO manager stores the empty frame as it stores any empty
+    # frame of known types: the site's weather table may exist, empty; see test_storage.)
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT schema_name FROM duckdb_tables() WHERE table_name = 'weather'").fetchall()}
+        no_feed_rows = con.execute(f"SELECT count(*) FROM {NO_FEED_SITE}.weather").fetchone()[0] if NO_FEED_SITE in tables else 0
+    assert SITE in tables and len(stored(pipeline_env["VITALS_DUCKDB_PATH"])) == 9
+    assert no_feed_rows == 0
 
 
-def test_unknown_site_fails_with_the_403_explained(sim, pipeline_env, monkeypatch):
-    monkeypatch.setenv("ACE_SITES", f"{SITE},ghost_site")
-    result = run("ghost_site", "2026-03-10-11:55", dg.DagsterInstance.ephemeral())
+def test_unknown_site_fails_alone_with_the_403_explained(sim, pipeline_env, monkeypatch):
+    """One run for both sites: the one ACE refuses fails the step (named, with why); the other's
+    weather is stored and materialized all the same."""
+    monkeypatch.setenv("ACE_SITES", f"ghost_site,{SITE}")
+    result = run(["ghost_site", SITE], dg.DagsterInstance.ephemeral())
     assert not result.success
-    message = " ".join(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
-    assert "HTTP 403" in message and "ACE_SITES" in message and SIM_KEY not in message
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    data = failure.event_specific_data
+    description = data.user_failure_data.description
+    assert "HTTP 403" in description and "ACE_SITES" in description and SIM_KEY not in description
+    assert [entry["site"] for entry in data.user_failure_data.metadata["failed_sites"].value] == ["ghost_site"]
+    assert [m.asset_key for m in result.asset_materializations_for_node("weather")] == [weather_key(SITE)]
+    assert len(stored(pipeline_env["VITALS_DUCKDB_PATH"])) == 9
 
 
 def test_client_tells_no_feed_from_a_wrong_route(sim, server):

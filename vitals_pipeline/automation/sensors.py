@@ -159,6 +159,7 @@ def plan_catchup(
                 # partitions) changes after every attempt, so a failed stretch can run again.
                 run_key=f"catchup:{batch.first}...{batch.last}:{len(batch.sites)}:{sites_id:08x}:{marker}",
                 asset_selection=[timeseries_key(site) for site in batch.sites],
+                asset_check_keys=[],  # not None: None selects every check again (schedules.py)
                 tags={**range_tags(batch.first, batch.last), TRIGGER_TAG: "catchup"},
             )
         )
