@@ -29,6 +29,7 @@ DEFAULT_FETCH_CONCURRENCY = 16
 DEFAULT_SITE_BUDGET_SECONDS = 30
 DEFAULT_SHARD_SIZE = 500
 DEFAULT_CHECK_REPEAT_MINUTES = 60
+DEFAULT_WEATHER_MINUTES = 15
 _SITE = re.compile(r"^[^\s,][^,]*$")
 
 
@@ -50,6 +51,7 @@ class Settings:
     site_budget_seconds: float = DEFAULT_SITE_BUDGET_SECONDS
     shard_size: int = DEFAULT_SHARD_SIZE
     check_repeat_minutes: int = DEFAULT_CHECK_REPEAT_MINUTES
+    weather_minutes: int = DEFAULT_WEATHER_MINUTES
 
     @property
     def site_shards(self) -> list[tuple[str, ...]]:
@@ -81,6 +83,7 @@ class Settings:
                 why="sites per step of a run: one process stores a step's sites one after another",
             ),
             check_repeat_minutes=parse_check_repeat(env.get("VITALS_CHECK_REPEAT_MINUTES")),
+            weather_minutes=parse_weather_minutes(env.get("VITALS_WEATHER_MINUTES")),
         )
 
 
@@ -193,6 +196,23 @@ def parse_int(env: Mapping[str, str], name: str, default: int, *, low: int, high
     if not low <= number <= high:
         raise ConfigError(f"{name}={value!r} must be between {low} and {high} ({why}; default {default})")
     return number
+
+
+def parse_weather_minutes(value: str | None) -> int:
+    """`VITALS_WEATHER_MINUTES`: how often the tick refreshes the weather; 0 never, else a divisor
+    of 60 that is a multiple of 5 (the tick closing that minute of the hour fetches it)."""
+    if value is None or not value.strip():
+        return DEFAULT_WEATHER_MINUTES
+    try:
+        minutes = int(value)
+    except ValueError:
+        raise ConfigError(f"VITALS_WEATHER_MINUTES={value!r} is not a whole number") from None
+    if minutes != 0 and (minutes % 5 or 60 % minutes):
+        raise ConfigError(
+            f"VITALS_WEATHER_MINUTES={value!r} must be 0 (no weather) or one of 5, 10, 15, 20, 30, 60 "
+            f"(default {DEFAULT_WEATHER_MINUTES})"
+        )
+    return minutes
 
 
 def parse_check_repeat(value: str | None) -> int:

@@ -11,11 +11,10 @@ import dagster as dg
 
 from vitals_pipeline.assets.archive import build_archive_asset
 from vitals_pipeline.assets.hourly import build_automation_sensor, build_hourly_asset
-from vitals_pipeline.assets.keys import points_key
 from vitals_pipeline.assets.points import build_points_asset
 from vitals_pipeline.assets.quality_daily import build_quality_daily
 from vitals_pipeline.assets.timeseries import build_timeseries_assets
-from vitals_pipeline.assets.weather import build_weather_asset, weather_key
+from vitals_pipeline.assets.weather import build_weather_asset
 from vitals_pipeline.automation import build_automation, with_timeseries_freshness
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
@@ -39,18 +38,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     fleet = dg.map_asset_specs(with_timeseries_freshness, fleet)
     automation = build_automation(settings)
     # Derived from the stored samples (hourly roll-up, daily archive and quality), one
-    # multi_asset each for the fleet; declarative automation, evaluated by one sensor with the
-    # points' and the weather's (see assets/hourly.py).
+    # multi_asset each for the fleet; declarative automation, evaluated by one sensor (see
+    # assets/hourly.py). Weather and points are refreshed by the fleet's tick run.
     derived = [
         build_hourly_asset(settings),
         build_archive_asset(settings),
         *build_quality_daily(settings, quality),
     ]
-    automated = [
-        *(points_key(site) for site in settings.sites),
-        *(weather_key(site) for site in settings.sites),
-        *(key for assets_def in derived for key in assets_def.keys),
-    ]
+    automated = [key for assets_def in derived for key in assets_def.keys]
     warehouse = DuckDBWarehouse(database=settings.duckdb_path)
     return dg.Definitions(
         assets=[*fleet, *derived],

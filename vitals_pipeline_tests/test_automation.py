@@ -91,6 +91,7 @@ def run_range(instance, defs, first: str, last: str, **tags):
     job = defs.resolve_job_def(FLEET_JOB)
     return job.execute_in_process(
         instance=instance,
+        asset_selection=[timeseries_key(SITE)],  # as the schedule's ticks and catch-up ask
         tags={**range_tags(first, last), **tags},
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
@@ -203,9 +204,9 @@ def test_definitions_register_fleet_automation(pipeline_env, monkeypatch):
     defs = defs_from_env()
     dg.Definitions.validate_loadable(defs)
     # One schedule and one catch-up sensor for the whole fleet, not one per site.
-    assert [s.name for s in defs.schedules] == [SCHEDULE_NAME]
+    assert sorted(s.name for s in defs.schedules) == [SCHEDULE_NAME, "vitals_prune_schedule"]
     assert {s.name for s in defs.sensors} >= {CATCHUP_SENSOR_NAME, ALERT_SENSOR_NAME}
-    [schedule] = defs.schedules
+    schedule = defs.get_schedule_def(SCHEDULE_NAME)
     assert schedule.cron_schedule == "1-59/5 * * * *"
     assert schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -274,18 +275,23 @@ def evaluate_schedule(defs, moment: datetime):
 
 
 @pytest.mark.parametrize(
-    ("tick", "first", "last"),
+    ("tick", "first", "last", "also"),
     [
-        ("10:01", "2026-03-09-09:45", "2026-03-09-09:55"),
-        ("10:06", "2026-03-09-09:50", "2026-03-09-10:00"),
-        ("23:56", "2026-03-09-23:40", "2026-03-09-23:50"),
+        # The window closing on the quarter hour also refreshes the weather (every 15 minutes),
+        # the one closing at :05 the points (hourly); the others fetch the samples only.
+        ("10:01", "2026-03-09-09:45", "2026-03-09-09:55", ["weather"]),
+        ("10:06", "2026-03-09-09:50", "2026-03-09-10:00", ["points"]),
+        ("23:56", "2026-03-09-23:40", "2026-03-09-23:50", []),
     ],
 )
-def test_schedule_tick_requests_one_range_run(pipeline_env, tick, first, last):
+def test_schedule_tick_requests_one_range_run(pipeline_env, tick, first, last, also):
     defs = defs_from_env()
     data = evaluate_schedule(defs, at(tick))
     [request] = data.run_requests
-    assert request.asset_selection == [timeseries_key(SITE)]
+    assert request.asset_selection == [timeseries_key(SITE)] + [
+        dg.AssetKey([SITE, name]) for name in also
+    ]
+    assert request.asset_check_keys == []  # checks recorded by the run when they change
     assert request.tags[TRIGGER_TAG] == "schedule"
     assert request.tags["dagster/asset_partition_range_start"] == first
     assert request.tags["dagster/asset_partition_range_end"] == last

@@ -205,7 +205,7 @@ def test_a_paused_site_is_left_out_of_ticks_and_catchup(fleet):
     assert paused_sites(fleet.instance) == {BROKEN}
     requests = plan_tick(SIM_NOW, SITES, paused_sites(fleet.instance), fleet.settings)
     [request] = requests
-    assert sorted(k.path[0] for k in request.asset_selection) == sorted(HEALTHY)
+    assert sorted({k.path[0] for k in request.asset_selection}) == sorted(HEALTHY)
     plan = plan_catchup(
         fleet.instance, SITES, fleet.partitions, now=SIM_NOW, hours=1,
         partitions_start=fleet.settings.partitions_start,
@@ -214,7 +214,7 @@ def test_a_paused_site_is_left_out_of_ticks_and_catchup(fleet):
     assert plan.requests, "the other sites' hour is missing and requested"
     resume_sites(fleet.instance, [BROKEN])
     [request] = plan_tick(SIM_NOW, SITES, paused_sites(fleet.instance), fleet.settings)
-    assert len(request.asset_selection) == len(SITES)
+    assert {k.path[0] for k in request.asset_selection} == set(SITES)
 
 
 def test_the_pause_job_switches_a_site_from_the_launchpad(fleet):
@@ -248,17 +248,24 @@ def test_shards_are_steps_of_one_run_and_a_failing_shard_stops_no_other(monkeypa
     monkeypatch.setenv("VITALS_SHARD_SIZE", "3")
     settings = Settings.from_env()
     defs = build_definitions(settings)
+    # 12:01: the window closes on the quarter hour, so the tick also refreshes the weather.
     [request] = plan_tick(SIM_NOW + timedelta(minutes=1), SITES, set(), settings)
-    assert len(request.asset_selection) == len(SITES)  # one run for the tick
+    assert sorted(request.asset_selection) == sorted(  # one run for the tick
+        [timeseries_key(site) for site in SITES] + [dg.AssetKey([site, "weather"]) for site in SITES]
+    )
     result = defs.resolve_job_def(FLEET_JOB).execute_in_process(
         instance=fleet.instance, asset_selection=request.asset_selection, tags=request.tags,
         run_config=QUIET, raise_on_error=False,
     )
     steps = {e.step_key for e in result.all_events if e.is_step_start}
-    assert steps == {"timeseries_shard_1", "timeseries_shard_2"}
-    # The broken site is in the second shard (the sites' order): only that step fails.
+    assert steps == {"timeseries_shard_1", "timeseries_shard_2", "weather"}
+    # The broken site is in the second shard (the sites' order): only that step fails, and the
+    # weather step, which fails for the broken site alone.
     failed = {e.step_key for e in result.all_events if e.is_step_failure}
-    assert failed == {"timeseries_shard_2"}
+    assert failed == {"timeseries_shard_2", "weather"}
+    weather = {m.asset_key.path[0] for m in result.get_asset_materialization_events()
+               if m.asset_key.path[-1] == "weather"}
+    assert weather == set(HEALTHY)
     first = request.tags["dagster/asset_partition_range_start"]
     last = request.tags["dagster/asset_partition_range_end"]
     for site in HEALTHY:
@@ -266,7 +273,7 @@ def test_shards_are_steps_of_one_run_and_a_failing_shard_stops_no_other(monkeypa
 
 
 def test_definitions_register_one_schedule_and_one_catchup_sensor_for_the_fleet(fleet):
-    assert [s.name for s in fleet.defs.schedules] == ["fleet_timeseries_schedule"]
+    assert sorted(s.name for s in fleet.defs.schedules) == ["fleet_timeseries_schedule", "vitals_prune_schedule"]
     names = {s.name for s in fleet.defs.sensors}
     assert {"fleet_catchup", ALERT_SENSOR_NAME} <= names
     assert not any(name.endswith("_catchup") and name != "fleet_catchup" for name in names)

@@ -45,6 +45,10 @@ def timeseries_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "timeseries"])
 
 
+def weather_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "weather"])
+
+
 def points_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "points"])
 

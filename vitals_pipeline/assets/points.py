@@ -1,8 +1,9 @@
 """`<site>/points` for every site: the configured points, one multi_asset for the fleet.
 
-Units and collect intervals drive the quality checks, so each site's points are loaded as soon as
-the site is new (declarative automation: on missing) and refreshed hourly. One run refreshes every
-site that is due, fetching them concurrently; a site ACE refuses fails alone.
+Units and collect intervals drive the quality checks, so a site's points are loaded by its first
+timeseries run (assets/timeseries.py) and refreshed once an hour by a step of the fleet's tick
+run (automation/schedules.py). One step refreshes every site, fetching them concurrently; a site
+ACE refuses fails alone.
 """
 
 from collections.abc import Iterator
@@ -19,8 +20,6 @@ from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.storage.schema import POINTS_MERGE_KEYS
 
-# Units and intervals drive the quality checks: load them once, then refresh hourly.
-POINTS_AUTOMATION = dg.AutomationCondition.on_missing() | dg.AutomationCondition.on_cron("7 * * * *")
 
 
 def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -33,7 +32,6 @@ def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
             kinds={"duckdb"},
             tags={"site": schema_name(site)},
             metadata={"site": site, "schema": schema_name(site), "merge_keys": list(POINTS_MERGE_KEYS)},
-            automation_condition=POINTS_AUTOMATION,
             description=(
                 f"The configured points of site {site!r} (table {schema_name(site)}.points): unit "
                 "(BACnet engineering unit), collect interval, hisMode (sampled / cov), device, tags. "

@@ -278,8 +278,7 @@ def _store_site(
         # Few numbers per partition: a range run writes one materialization per partition, and
         # a fleet 300 sites x 3 partitions every 5 minutes.
         for pkey, figures in result.partitions.items():
-            entry = {"samples": figures.samples, "points": figures.points,
-                     "null_values": figures.null_values}
+            entry = {"samples": figures.samples, "points": figures.points}
             if run_quality is not None:
                 completeness = run_quality.partition_figures.get(pkey, {}).get("completeness_pct")
                 if completeness is not None:

@@ -7,8 +7,10 @@ partitioned (a 5-minute partition of weather could never be filled for the past)
 - Rows are keyed by the reading's own time (`<site>.weather`: metric, ts, value, name; merge keys
   (metric, ts)). ACE refreshes its reading every few minutes, so one reading is often fetched by
   two ticks: the IO manager's merge over the table stores it once.
-- Declarative automation materializes it every 5 minutes (one run for all sites, fetched
-  concurrently); its history of readings is the table, not the partitions.
+- A step of the fleet's tick run materializes it every VITALS_WEATHER_MINUTES (15 by default: one
+  request per site, and a materialization per site that the instance keeps; ACE's readings change
+  every few minutes): every site at once, fetched concurrently. Its history of readings is the
+  table, not partitions.
 - A site without a weather feed (ACE answers 404 with every member null) is skipped: its
   materialization says `skipped: no weather feed` and stores nothing; the run succeeds.
 """
@@ -23,6 +25,7 @@ import pyarrow as pa
 from vitals_pipeline.ace.client import AceError, FetchStats
 from vitals_pipeline.ace.wire import parse_wire_time
 from vitals_pipeline.assets.fleet import SiteFailures, fetch_sites, output_name, selected_sites
+from vitals_pipeline.assets.keys import weather_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage.names import schema_name
@@ -65,9 +68,6 @@ def weather_rows(doc: dict) -> pa.Table:
     return pa.table(rows, schema=WEATHER_SCHEMA)
 
 
-WEATHER_AUTOMATION = dg.AutomationCondition.on_cron("*/5 * * * *").with_label("every 5 minutes")
-
-
 def build_weather_asset(settings: Settings) -> dg.AssetsDefinition:
     """`<site>/weather` of every site, one multi_asset."""
     sites = list(settings.sites)
@@ -79,7 +79,6 @@ def build_weather_asset(settings: Settings) -> dg.AssetsDefinition:
             kinds={"duckdb"},
             tags={"site": schema_name(site)},
             metadata={"site": site, "schema": schema_name(site), "merge_keys": list(WEATHER_MERGE_KEYS)},
-            automation_condition=WEATHER_AUTOMATION,
             description=(
                 f"Current weather of site {site!r} (temp, feels_like, pressure, humidity, dew_point, "
                 "clouds, wind_speed, wind_deg, wet_bulb), one row per metric keyed by the reading's "
@@ -130,5 +129,3 @@ def build_weather_asset(settings: Settings) -> dg.AssetsDefinition:
     return weather
 
 
-def weather_key(site: str) -> dg.AssetKey:
-    return dg.AssetKey([schema_name(site), WEATHER_TABLE])

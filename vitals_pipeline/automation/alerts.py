@@ -151,16 +151,14 @@ def run_outcomes(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, 
 
 def _requested_assets(instance: dg.DagsterInstance, run: dg.DagsterRun) -> set[dg.AssetKey]:
     """The assets a run was asked for: its asset selection, or (a whole job launched without
-    one) the assets it planned to materialize."""
+    one) the assets of its execution plan."""
     if run.asset_selection:
         return set(run.asset_selection)
-    return {
-        record.event_log_entry.dagster_event.asset_key
-        for record in instance.get_records_for_run(
-            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=100_000
-        ).records
-        if record.event_log_entry.dagster_event and record.event_log_entry.dagster_event.asset_key
-    }
+    if run.execution_plan_snapshot_id:
+        snapshot = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+        if snapshot is not None and snapshot.asset_selection:
+            return set(snapshot.asset_selection)
+    return set()
 
 
 def _bounded(text: str) -> str:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from vitals_pipeline.assets.keys import range_tags, timeseries_key, window_keys
+from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key, weather_key, window_keys
 from vitals_pipeline.automation.gaps import scheduled_window
 from vitals_pipeline.automation.pause import paused_sites
 from vitals_pipeline.automation.runs import TRIGGER_TAG
@@ -17,6 +17,8 @@ from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.names import schema_name
 
 SCHEDULE_NAME = "fleet_timeseries_schedule"
+# The tick whose window closes at this minute of the hour refreshes every site's points.
+POINTS_MINUTE = 5
 
 
 def plan_tick(
@@ -34,10 +36,18 @@ def plan_tick(
     if not active:
         return dg.SkipReason(f"every site is paused ({len(sites)}); `vitals resume SITE` resumes one")
     first, last = window_keys(window)
+    keys = [timeseries_key(site) for site in active]
+    # The same run refreshes the weather every VITALS_WEATHER_MINUTES and the points once an
+    # hour (unpartitioned assets, their own steps): no run of their own, no wait for the pool.
+    closes = window.end.minute
+    if settings.weather_minutes and closes % settings.weather_minutes == 0:
+        keys += [weather_key(site) for site in active]
+    if closes == POINTS_MINUTE:
+        keys += [points_key(site) for site in active]
     return [
         dg.RunRequest(
             run_key=f"schedule:{first}...{last}",
-            asset_selection=[timeseries_key(site) for site in active],
+            asset_selection=keys,
             # Empty, not None: None makes Dagster add every check of the selected assets back
             # to the run, which would then plan and record all of them (see checks/recording.py).
             asset_check_keys=[],

@@ -1,32 +1,26 @@
-"""Dagster's SQLite event log, made cheap per event (the shipped dagster.yaml selects it).
+"""Dagster's SQLite event log, made cheap per event and lean per fleet tick (the shipped
+dagster.yaml selects it; drop its `event_log_storage` lines for the stock class).
 
-A range run of one day writes ~580 asset events (a planned event and a materialization per
-5-minute partition). The stock `SqliteEventLogStorage` builds a new SQLAlchemy engine for every
-connection, so every event pays engine creation and a cold statement-compile cache, then an
-fsync per commit: measured ~20 ms of CPU per event here, about 12 s of a day's run.
-
-This subclass changes how events are written, never what is stored (same files, same tables,
-same schema migrations, readable by the stock class; vitals_pipeline_tests/test_event_log.py
-compares them):
+Same files, tables and schema migrations as the stock `SqliteEventLogStorage`, which reads what
+this class wrote (vitals_pipeline_tests/test_event_log.py). How it writes:
 - one engine per shard file, kept (SQLAlchemy's compiled-statement cache lives on the engine),
-  each keeping one idle connection open. The stock class closed the connection after every
-  transaction, and SQLite checkpoints the write-ahead log into the database (with an fsync)
-  whenever the last connection to a file closes: ~0.45 s of a day's run went to those closes.
-  An idle connection holds no lock in WAL mode, so other processes read and write as before;
-  the log is checkpointed as it grows (SQLite's 1,000 pages) and when the engine is disposed;
-- batches of asset events and planned check evaluations (a run's planned events, a range run's
-  materializations) stored in one transaction per shard, the asset-key row written once per key
-  and kind, a planned check's event serialized once instead of once per partition (a day's run
-  plans 288 materializations and 8 checks x 288 partitions: 2 commits instead of 26);
-- `PRAGMA synchronous=NORMAL` on each connection. The shards are in WAL mode, where NORMAL
-  keeps the database consistent and loses nothing when a process dies; only an OS crash or
-  power cut can roll back the last commits (SQLite's recommended setting for WAL);
-- a new run's shard is a copy of an empty shard the stock code initialized once (a hidden
-  `.run-shard-template-<dagster version>.sqlite` beside the shards), not a fresh initialization:
-  creating the tables and stamping the migration revision (alembic loads its ~90 scripts) took
-  0.15-0.3 s of every run, the live tick included.
-Measured (bench, 2 cores): a 288-partition run with almost no data 19.9 s -> 6.8 s CLI wall; the
-day of a 4,500-point site 35.1 s -> 23.3 s.
+  each keeping one idle connection: the stock class built an engine per connection and closed
+  it after every transaction, and closing the last connection of a file checkpoints its
+  write-ahead log with an fsync. An idle connection holds no lock in WAL mode;
+- a run's asset events and planned check evaluations in one transaction per shard (Dagster hands
+  them over in batches: DAGSTER_EVENT_BATCH_SIZE, set here), the asset-key row written once per
+  key and kind;
+- `PRAGMA synchronous=NORMAL` (SQLite's setting for WAL: consistent, nothing lost when a process
+  dies; an OS crash can roll back the last commits);
+- a new run's shard is a copy of an empty shard the stock code initialized once, not a fresh
+  initialization (alembic's ~90 migration scripts per run);
+- a run's shard is checkpointed and its write-ahead log dropped when the run ends.
+What it stores differently, on purpose (each keeps what the UI and the pipeline read):
+- planned materializations and planned check evaluations go to the index shard only, not also
+  to the run's shard (nothing reads them there; see store_event_batch);
+- a run plans each (unpartitioned) check with one row, not one per partition of the run (see
+  _planned_check_rows: the stock rows are never completed and show as skipped).
+What it buys is measured by bench/ (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -94,6 +88,13 @@ def default_base_dir() -> str:
             "that holds this dagster.yaml, or give the storage a `config: base_dir:`"
         )
     return os.path.join(home, "history", "runs")
+
+
+def _planned(event: EventLogEntry) -> bool:
+    return event.dagster_event_type in (
+        DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+        DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+    )
 
 
 def _batchable(event: EventLogEntry) -> bool:
@@ -233,8 +234,14 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
         if batched:
             rows = [self._event_to_row(event) for event in batched]
             insert = SqlEventLogStorageTable.insert()
-            with self.run_connection(batched[0].run_id) as conn:
-                conn.execute(insert, rows)
+            # Planned events go to the index only: partition status, the asset pages and the
+            # catch-up read them there, and a run's own record says what it planned (its asset
+            # selection and plan snapshot). The stock class writes them to the run's shard as
+            # well: a fleet tick's three per site, ~3.6 KB a site a tick of nothing read.
+            logged = [row for event, row in zip(batched, rows) if not _planned(event)]
+            if logged:
+                with self.run_connection(batched[0].run_id) as conn:
+                    conn.execute(insert, logged)
             # The run's shard has the rows now: if the index transaction fails, Dagster's own
             # fallback (store_event one by one) would store them there a second time, so the
             # index entries are retried one event at a time here instead.
@@ -279,21 +286,15 @@ class VitalsSqliteEventLogStorage(SqliteEventLogStorage):
             )
 
     def _planned_check_rows(self, event: EventLogEntry, event_id, serialized: str) -> list[dict]:
-        """One PLANNED row per run for a range run, where the stock class writes one per
-        partition of the range.
+        """One PLANNED row per run, where the stock class writes one per partition of the run.
 
-        This project's checks are not partitioned: a range run evaluates each check once, and
-        Dagster records that evaluation with no partition. The stock class plans one row per
-        partition of the range, which no evaluation ever completes: the UI lists them as skipped
-        (a day's run left 288 per check) and they cost ~2 KB each. One row with no partition is
-        what the run's evaluation then completes. A single-partition run keeps its one row for
-        that partition, as Dagster attributes its evaluation to the partition."""
+        This project's checks are not partitioned: a run evaluates each check once, and Dagster
+        records that evaluation with no partition, in a range run and in a single-partition run
+        alike. The stock class plans one row per partition of the run, which no evaluation ever
+        completes: the UI lists them as skipped (a day's run left 288 per check) and they cost
+        ~2 KB each. One row with no partition is what the run's evaluation then completes."""
         planned = event.get_dagster_event().event_specific_data
-        partition_keys = (
-            planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
-        )
-        if len(partition_keys) > 1:
-            partition_keys = [None]
+        partition_keys = [None]
         common = dict(
             asset_key=planned.asset_key.to_string(),
             check_name=planned.check_name,
