@@ -118,11 +118,12 @@ def test_a_results_row_says_when_a_tick_did_not_drain():
     }
     result = {
         "ticks": [tick], "design": "per-site", "sites": 50, "quiet": {"pct_of_one_core": 20.0},
-        "correctness": {"sites_exact": 40, "sites_checked": 49}, "simulator": {"site_status_fault": False},
+        "correctness": {"sites_exact": 40, "sites_checked": 40, "not_stored_with_rows": 0},
+        "simulator": {"site_status_fault": False},
         "broken_mode": "site not served (403)",
     }
     line = row(result, "abc1234")
-    assert "not within 360 (41/50 runs ended)" in line and "| 40/49 |" in line
+    assert "not within 360 (41/50 runs ended)" in line and "| 40/49 |" in line and "| 40/40 |" in line
 
 
 def _fires(cron: Cron, start: datetime, minutes: int) -> list[datetime]:
