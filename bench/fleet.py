@@ -230,7 +230,8 @@ class SimulatorProcess:
                 # answers with 403 (a permanent error for the client: no retries).
                 served = [n for n in names if n != self.broken]
                 self.broken_mode = "site not served (403)"
-        if features.site_count and served is names:
+        self.used_site_count = features.site_count and served is names
+        if self.used_site_count:
             args += ["--site-count", str(sites)]
         else:
             args += ["--sites", ",".join(served)]
@@ -243,7 +244,7 @@ class SimulatorProcess:
         self.url = line.rsplit(" ", 1)[-1]
         self.admin = self.url.rsplit("/api", 1)[0] + "/_sim"
         self.http = httpx.Client(timeout=60)
-        self.sites = self._served_sites() if features.site_count and served is names else names
+        self.sites = self._served_sites() if self.used_site_count else names
         if broken and features.site_status:
             faults = self.http.get(f"{self.admin}/faults").json()
             if self.broken not in (faults.get("site_status") or {}):
@@ -451,6 +452,80 @@ def plan_tick(cron: Cron, now: datetime, lead: float, prefill_s: float, any_minu
     )
 
 
+def load_history(sim: SimulatorProcess, healthy: list[str], cron: Cron, lead: float, env: dict[str, str],
+                 logs: Path, n: int, args: argparse.Namespace) -> tuple[datetime, datetime, float]:
+    """Plan the measured tick and load every partition before it into DuckDB and the instance, with
+    the latency off: the catch-up sensors then find no gap when the daemon starts. Sets
+    VITALS_PARTITIONS_START in `env`. Returns (tick, history start, seconds spent loading)."""
+    # Seconds to load the history: ~1 s a site for the per-site design's steps on 2 busy cores.
+    # Too low costs a tick period; plan_tick drops an estimate no tick fits.
+    estimate = 20 + 1.0 * n
+    tick = plan_tick(cron, datetime.now(UTC), lead, estimate, args.any_minute)
+    history_start = newest_closed(tick) - timedelta(hours=args.history_hours)
+    env["VITALS_PARTITIONS_START"] = os.environ["VITALS_PARTITIONS_START"] = partition_key(history_start)
+    # The broken site gets no history: its catch-up sensor finds gaps, as it would in life.
+    skip = f' and not key:"{schema_name(sim.broken)}/*"' if sim.broken else ""
+    materialize = ["asset", "materialize", "-m", "vitals_pipeline.definitions"]
+    loaded_until, spent, load_s = history_start, 0.0, 0.0
+    for attempt in range(3):
+        say(n, f"tick {tick:%H:%M} UTC planned: history [{loaded_until:%H:%M}, {newest_closed(tick):%H:%M}) "
+               f"loaded once closed, daemon from {tick - timedelta(seconds=lead):%H:%M:%S}")
+        wait_until(newest_closed(tick) + CLOSED_GRACE, n, "history load")
+        sim.set_latency(0)
+        began = time.monotonic()
+        if attempt == 0:
+            dagster([*materialize, "--select", f'key:"*/points"{skip}'], env, logs / "prefill.log",
+                    "loading the sites' points", timeout=3600)
+        first, last = partition_key(loaded_until), partition_key(newest_closed(tick) - PARTITION)
+        dagster([*materialize, "--select", f'(key:"*/timeseries" or key:"*/weather"){skip}',
+                 "--partition-range", f"{first}...{last}"],
+                env, logs / "prefill.log", f"loading the history {first}...{last}", timeout=3600)
+        load_s = time.monotonic() - began
+        spent += load_s
+        loaded_until = newest_closed(tick)
+        sim.set_latency(args.latency)
+        say(n, f"history loaded ({len(healthy)} sites, {load_s:.0f} s)")
+        if datetime.now(UTC) <= tick - timedelta(seconds=lead):
+            return tick, history_start, spent
+        # Too slow for this tick: the next one needs only the partitions closed meanwhile.
+        tick = plan_tick(cron, datetime.now(UTC), lead, load_s, args.any_minute)
+        say(n, f"the history took longer than planned: moved to the tick at {tick:%H:%M}")
+    raise SystemExit(
+        f"loading the history of {n} sites took {load_s:.0f} s the last time, three times too long to "
+        f"start the daemon {lead:.0f} s (--warmup + --quiet + 5) before the tick: lower --warmup, "
+        "--quiet or --history-hours, or leave this size out"
+    )
+
+
+def measure_quiet(sampler: TreeSampler, tick: datetime, daemon: subprocess.Popen, daemon_log: Path, n: int,
+                  args: argparse.Namespace) -> dict:
+    """The daemon's and code servers' own CPU over the `args.quiet` s before the tick (5 s short
+    of it), and the runs that were active meanwhile (those make the window less quiet)."""
+    import dagster as dg
+
+    wait_until(tick - timedelta(seconds=args.quiet + 5), n, "quiet window", daemon, daemon_log)
+    window = CpuWindow(sampler.snapshot(), args.poll)
+    began = time.time()
+    poll_until(tick - timedelta(seconds=5), sampler, window, daemon, daemon_log, args.poll, "quiet window")
+    measured = window.close(sampler.snapshot())
+    own = measured["cpu_polled_by_role_s"]
+    idle_cpu = own.get("daemon", 0.0) + own.get("code server", 0.0)
+    with dg.DagsterInstance.get() as instance:
+        active = [r for r in runs_since(instance, datetime.fromtimestamp(began - 900, UTC))
+                  if r.end is None or r.end >= began]
+    quiet = {
+        "seconds": measured["seconds"],
+        "daemon_cpu_s": round(own.get("daemon", 0.0), 2),
+        "code_server_cpu_s": round(own.get("code server", 0.0), 2),
+        "pct_of_one_core": round(100 * idle_cpu / measured["seconds"], 1),
+        "runs_active": dict(Counter(r.kind for r in active)),
+        "load_1min": os.getloadavg()[0],
+    }
+    say(n, f"quiet window: daemon + code server {idle_cpu:.1f} CPU s in {measured['seconds']:.0f} s "
+           f"({quiet['pct_of_one_core']} % of a core); runs active meanwhile: {quiet['runs_active'] or 'none'}")
+    return quiet
+
+
 def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) -> dict:
     import dagster as dg
 
@@ -467,8 +542,7 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
         sites = sim.sites
         result.update(
             broken_site=sim.broken, broken_mode=sim.broken_mode,
-            simulator={"site_count_option": features.site_count and sim.broken_mode != "site not served (403)",
-                       "site_status_fault": features.site_status},
+            simulator={"site_count_option": sim.used_site_count, "site_status_fault": features.site_status},
         )
         say(n, f"simulator {sim.url}: {len(sites)} sites x {args.points} points, {args.latency} s a data "
                f"request; broken site: {sim.broken or '-'} ({sim.broken_mode})")
@@ -492,51 +566,8 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
         result["cron"] = cron.text
 
         lead = args.warmup + args.quiet + 5
-        # Seconds to load the history (latency off): ~1 s a site for the per-site design's steps
-        # on 2 busy cores. Too low costs a tick period; plan_tick drops an estimate no tick fits.
-        estimate = 20 + 1.0 * n
-        tick = plan_tick(cron, datetime.now(UTC), lead, estimate, args.any_minute)
-        history_start = newest_closed(tick) - timedelta(hours=args.history_hours)
-        env["VITALS_PARTITIONS_START"] = partition_key(history_start)
-        os.environ["VITALS_PARTITIONS_START"] = env["VITALS_PARTITIONS_START"]
         healthy = [s for s in sites if s != sim.broken]
-        # The broken site gets no history: its catch-up sensor finds gaps, as it would in life.
-        skip = f' and not key:"{schema_name(sim.broken)}/*"' if sim.broken else ""
-        loaded_until, prefill_s, points_loaded = history_start, 0.0, False
-        for attempt in range(1, 4):
-            say(n, f"tick {tick:%H:%M} UTC planned: history [{loaded_until:%H:%M}, {newest_closed(tick):%H:%M}) "
-                   f"loaded once closed, daemon from {tick - timedelta(seconds=lead):%H:%M:%S}")
-            wait_until(newest_closed(tick) + CLOSED_GRACE, n, "history load")
-            sim.set_latency(0)
-            began = time.monotonic()
-            if not points_loaded:
-                dagster(["asset", "materialize", "-m", "vitals_pipeline.definitions",
-                         "--select", f'key:"*/points"{skip}'], env, logs / "prefill.log",
-                        "loading the sites' points", timeout=3600)
-                points_loaded = True
-            last = newest_closed(tick) - PARTITION
-            dagster(["asset", "materialize", "-m", "vitals_pipeline.definitions",
-                     "--select", f'(key:"*/timeseries" or key:"*/weather"){skip}',
-                     "--partition-range", f"{partition_key(loaded_until)}...{partition_key(last)}"],
-                    env, logs / "prefill.log", f"loading the history {partition_key(loaded_until)}...{partition_key(last)}",
-                    timeout=3600)
-            load_s = time.monotonic() - began
-            prefill_s += load_s
-            loaded_until = newest_closed(tick)
-            sim.set_latency(args.latency)
-            say(n, f"history loaded ({len(healthy)} sites, {load_s:.0f} s)")
-            if datetime.now(UTC) <= tick - timedelta(seconds=lead):
-                break
-            # Too slow for this tick: the next one needs only the partitions closed meanwhile.
-            tick = plan_tick(cron, datetime.now(UTC), lead, load_s, args.any_minute)
-            say(n, f"the history took longer than planned: moved to the tick at {tick:%H:%M}")
-        else:
-            raise SystemExit(
-                f"loading the history of {n} sites took {load_s:.0f} s the last time: longer than the "
-                f"time between a partition's close and its tick less --warmup + --quiet ({lead:.0f} s), "
-                "three times; this design cannot be benchmarked at this size this way (lower --warmup/"
-                "--quiet or --history-hours, or leave this size out)"
-            )
+        tick, history_start, prefill_s = load_history(sim, healthy, cron, lead, env, logs, n, args)
         result["history"] = {"start": partition_key(history_start), "seconds": round(prefill_s, 1)}
 
         expected = {name for name, c, _ in schedules if Cron(c).fires_at(tick)}
@@ -549,28 +580,7 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
         sampler = TreeSampler(daemon.pid)
         sim_proc = psutil.Process(sim.proc.pid)
 
-        quiet_start = tick - timedelta(seconds=args.quiet + 5)
-        wait_until(quiet_start, n, "quiet window", daemon, daemon_log)
-        quiet = CpuWindow(sampler.snapshot(), args.poll)
-        quiet_began = time.time()
-        poll_until(tick - timedelta(seconds=5), sampler, quiet, daemon, daemon_log, n, args.poll, "quiet window")
-        quiet_result = quiet.close(sampler.snapshot())
-        idle = quiet_result["cpu_polled_by_role_s"]
-        idle_cpu = idle.get("daemon", 0.0) + idle.get("code server", 0.0)
-        with dg.DagsterInstance.get() as instance:
-            quiet_runs = [r for r in runs_since(instance, datetime.fromtimestamp(quiet_began - 900, UTC))
-                          if (r.end is None or r.end >= quiet_began) and (r.start or r.created) <= time.time()]
-        result["quiet"] = {
-            "seconds": quiet_result["seconds"],
-            "daemon_cpu_s": round(idle.get("daemon", 0.0), 2),
-            "code_server_cpu_s": round(idle.get("code server", 0.0), 2),
-            "pct_of_one_core": round(100 * idle_cpu / quiet_result["seconds"], 1),
-            "runs_active": dict(Counter(r.kind for r in quiet_runs)),
-            "load_1min": os.getloadavg()[0],
-        }
-        say(n, f"quiet window: daemon + code server {idle_cpu:.1f} CPU s in {quiet_result['seconds']:.0f} s "
-               f"({result['quiet']['pct_of_one_core']} % of a core); runs active meanwhile: "
-               f"{result['quiet']['runs_active'] or 'none'}")
+        result["quiet"] = measure_quiet(sampler, tick, daemon, daemon_log, n, args)
 
         result["ticks"] = []
         with dg.DagsterInstance.get() as instance:
@@ -608,7 +618,7 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
 
 
 def poll_until(t: datetime, sampler: TreeSampler, window: CpuWindow, daemon: subprocess.Popen, log: Path,
-               n: int, poll: float, what: str) -> None:
+               poll: float, what: str) -> None:
     while datetime.now(UTC) < t:
         if daemon.poll() is not None:
             raise SystemExit(f"the daemon exited (code {daemon.returncode}) during the {what}:\n"
