@@ -316,6 +316,20 @@ def list_schedules(env: dict[str, str], log_path: Path) -> list[tuple[str, str, 
     return [(name, cron.strip(), status) for name, status, cron in found]
 
 
+def list_assets(selection: str, env: dict[str, str], log_path: Path) -> list[str]:
+    """The asset keys `selection` matches, from `dagster asset list` (an empty selection given to
+    `dagster asset materialize` would run every asset instead)."""
+    out = subprocess.run(
+        [str(BIN / "dagster"), "asset", "list", "-m", "vitals_pipeline.definitions", "--select", selection],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    with open(log_path, "a") as log:
+        log.write(f"$ dagster asset list --select {selection}\n{out.stdout}{out.stderr}\n")
+    if out.returncode != 0:
+        raise SystemExit(f"`dagster asset list --select {selection}` failed (exit {out.returncode}); see {log_path}")
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
 def tick_of(run_tags: dict[str, str]) -> datetime | None:
     """The scheduled time of a schedule's run, or None for a run no schedule made."""
     if SCHEDULE_TAG not in run_tags or SCHEDULED_TIME_TAG not in run_tags:
@@ -457,14 +471,20 @@ def load_history(sim: SimulatorProcess, healthy: list[str], cron: Cron, lead: fl
     """Plan the measured tick and load every partition before it into DuckDB and the instance, with
     the latency off: the catch-up sensors then find no gap when the daemon starts. Sets
     VITALS_PARTITIONS_START in `env`. Returns (tick, history start, seconds spent loading)."""
+    # The broken site gets no history: its catch-up sensor finds gaps, as it would in life.
+    skip = f' and not key:"{schema_name(sim.broken)}/*"' if sim.broken else ""
+    partitioned, unpartitioned = f'(key:"*/timeseries" or key:"*/weather"){skip}', f'key:"*/points"{skip}'
+    if not any(key.endswith("/timeseries") for key in list_assets(partitioned, env, logs / "assets.txt")):
+        raise SystemExit("no <site>/timeseries asset in vitals_pipeline.definitions: this benchmark reads "
+                         "each site's newest partition from the asset <site>/timeseries")
+    # A design without per-site points assets loads none (an empty selection would run everything).
+    load_points = bool(list_assets(unpartitioned, env, logs / "assets.txt"))
     # Seconds to load the history: ~1 s a site for the per-site design's steps on 2 busy cores.
     # Too low costs a tick period; plan_tick drops an estimate no tick fits.
     estimate = 20 + 1.0 * n
     tick = plan_tick(cron, datetime.now(UTC), lead, estimate, args.any_minute)
     history_start = newest_closed(tick) - timedelta(hours=args.history_hours)
     env["VITALS_PARTITIONS_START"] = os.environ["VITALS_PARTITIONS_START"] = partition_key(history_start)
-    # The broken site gets no history: its catch-up sensor finds gaps, as it would in life.
-    skip = f' and not key:"{schema_name(sim.broken)}/*"' if sim.broken else ""
     materialize = ["asset", "materialize", "-m", "vitals_pipeline.definitions"]
     loaded_until, spent, load_s = history_start, 0.0, 0.0
     for attempt in range(3):
@@ -473,12 +493,11 @@ def load_history(sim: SimulatorProcess, healthy: list[str], cron: Cron, lead: fl
         wait_until(newest_closed(tick) + CLOSED_GRACE, n, "history load")
         sim.set_latency(0)
         began = time.monotonic()
-        if attempt == 0:
-            dagster([*materialize, "--select", f'key:"*/points"{skip}'], env, logs / "prefill.log",
+        if attempt == 0 and load_points:
+            dagster([*materialize, "--select", unpartitioned], env, logs / "prefill.log",
                     "loading the sites' points", timeout=3600)
         first, last = partition_key(loaded_until), partition_key(newest_closed(tick) - PARTITION)
-        dagster([*materialize, "--select", f'(key:"*/timeseries" or key:"*/weather"){skip}',
-                 "--partition-range", f"{first}...{last}"],
+        dagster([*materialize, "--select", partitioned, "--partition-range", f"{first}...{last}"],
                 env, logs / "prefill.log", f"loading the history {first}...{last}", timeout=3600)
         load_s = time.monotonic() - began
         spent += load_s
