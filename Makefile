@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-# Fleet sizes of `make bench` (bench/fleet.py): ~10-15 min a size, as it waits for real 5-minute
+# Fleet sizes of `make bench` (bench/fleet.py): 10-16 min a size, as it waits for real 5-minute
 # ticks; `make bench FLEET_SITES=50,100,300,500,1000` for the full series.
 FLEET_SITES ?= 50,100
 

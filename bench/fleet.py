@@ -8,9 +8,9 @@ For each size of `--sites` (default 50,100,300,500,1000):
    (ACE answers 403). Which one was used is printed and recorded.
 2. A fresh DAGSTER_HOME (initialised once by `ensure_dagster_home`: the shipped dagster.yaml) and
    DuckDB file; ACE_SITES = the N sites; VITALS_PARTITIONS_START `--history-hours` before the
-   tick. The history up to the tick's partition is loaded first, untimed, by one
-   `dagster asset materialize` (latency off meanwhile), so that the catch-up sensors find no gap
-   and the measured tick is a steady-state one.
+   tick. The history up to the tick's partition (and each site's points) is loaded first,
+   untimed, by `dagster asset materialize` (latency off meanwhile), so that the catch-up sensors
+   find no gap and the measured tick is a steady-state one.
 3. `dagster-daemon run` in its own process group, started `--warmup` + `--quiet` s before the
    next tick of the schedules' cron (read from `dagster schedule list`). Ticks in the first ten
    minutes of an hour are passed over (`--any-minute` to allow them): the hour's roll-ups and
@@ -23,15 +23,17 @@ For each size of `--sites` (default 50,100,300,500,1000):
    (daemon, code servers, run workers; see bench/proctree.py for how and the error bound),
    DAGSTER_HOME growth per site, peak RSS. A tick that has not drained `--cap` s after it (one
    tick period + 60 s by default) is reported as such, with how far it got.
-5. After the daemon stopped: every site's newest closed partition in DuckDB against the
-   simulator's ground truth (its /_sim/ground_truth route), and nothing stored for the broken site.
+5. After the daemon stopped: the newest closed partition in DuckDB of every site that stored it
+   against the simulator's ground truth (its /_sim/ground_truth route); the sites that did not
+   store it hold none of its rows; the broken site holds nothing.
 
 Prints a table, writes JSON (`--out`) and appends a row per size to the "Fleet" section of
 bench/RESULTS.md.
 
-Cost: a size takes its prefill, up to one tick period of waiting for a suitable tick, the warm-up
-and quiet window (~3 min) and the tick itself (capped at `--cap`): 8-15 min a size, longer when
-the next suitable tick is far.
+Cost: a size takes up to a tick period of waiting for a tick it can prepare, the history load,
+the warm-up and quiet window (~3 min) and the tick itself (at most `--cap`): with the per-site
+design 9.5 min for 50 sites and 16 min for 100 on this project's 2 cores; up to 10 min more when
+the next ticks fall in the first 10 minutes of an hour.
 
     .venv/bin/python bench/fleet.py [--sites 50,100] [--points 120] [--latency 0.15]
         [--broken-site] [--ticks 1] [--out bench/out/fleet.json] [--no-record]
@@ -218,7 +220,7 @@ class SimulatorProcess:
         self.broken: str | None = None
         self.broken_mode = "none"
         args = [str(BIN / "vitals"), "simulate", "--port", "0", "--points", str(points),
-                "--api-key", KEY, "--fault", f"slow_seconds={latency}"]
+                "--fault", f"slow_seconds={latency}"]
         served = names
         if broken:
             self.broken = names[min(7, sites - 1)]
@@ -236,7 +238,9 @@ class SimulatorProcess:
         else:
             args += ["--sites", ",".join(served)]
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = start_group(args, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT)
+        # The key by environment, not on the command line that `ps` shows.
+        self.proc = start_group(args, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT,
+                                env={**os.environ, "ACE_SIM_API_KEY": KEY})
         line = self.proc.stdout.readline().strip()
         if "listening on" not in line:
             self.stop()
