@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Fleet sizes of `make bench` (bench/fleet.py): 10-16 min a size, as it waits for real 5-minute
+# ticks; `make bench FLEET_SITES=50,100,300,500,1000` for the full series.
+FLEET_SITES ?= 50,100
 
 .PHONY: install demo test dev bench clean
 
@@ -33,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/week.py
 	$(BIN)/python bench/ticks.py
+	$(BIN)/python bench/fleet.py --sites $(FLEET_SITES) --broken-site
 
 clean:
 	rm -rf $(VENV) .dagster_home data bench/out
