@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from vitals_pipeline.assets.archive import build_archive_asset
-from vitals_pipeline.assets.hourly import build_automation_sensor, build_hourly_asset
+from vitals_pipeline.assets.hourly import build_hourly_asset
 from vitals_pipeline.assets.points import build_points_asset
 from vitals_pipeline.assets.quality_daily import build_quality_daily
 from vitals_pipeline.assets.timeseries import build_timeseries_assets
@@ -36,22 +36,21 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     ]
     # Freshness is policy, set once here for every site's timeseries asset.
     fleet = dg.map_asset_specs(with_timeseries_freshness, fleet)
-    automation = build_automation(settings)
+    automation = build_automation(settings, with_daily_quality=quality.enabled)
     # Derived from the stored samples (hourly roll-up, daily archive and quality), one
-    # multi_asset each for the fleet; declarative automation, evaluated by one sensor (see
-    # assets/hourly.py). Weather and points are refreshed by the fleet's tick run.
+    # multi_asset each for the fleet, launched after the timeseries runs that complete their hours
+    # and days (automation/rollups.py). Weather and points are refreshed by the fleet's tick run.
     derived = [
         build_hourly_asset(settings),
         build_archive_asset(settings),
         *build_quality_daily(settings, quality),
     ]
-    automated = [key for assets_def in derived for key in assets_def.keys]
     warehouse = DuckDBWarehouse(database=settings.duckdb_path)
     return dg.Definitions(
         assets=[*fleet, *derived],
         jobs=automation.jobs,
         schedules=automation.schedules,
-        sensors=[*automation.sensors, build_automation_sensor(automated)],
+        sensors=automation.sensors,
         resources={
             "ace": AceResource(api_url=settings.api_url, page_size=settings.page_size),
             "warehouse": warehouse,

@@ -27,7 +27,9 @@ class AceResource(dg.ConfigurableResource):
     page_size: int = Field(default=wire.DEFAULT_PAGE_SIZE, description="ACE_PAGE_SIZE")
     timeout_seconds: float = 60.0
     max_attempts: int = 8
-    retry_budget_seconds: float = 300.0
+    # A request that keeps failing for this long fails its site: the next tick or the catch-up
+    # tries again, and a broken site does not hold a fleet run (and the pool) for minutes.
+    retry_budget_seconds: float = 20.0
 
     max_in_flight: int = Field(
         default=16,

@@ -24,8 +24,7 @@ import dagster as dg
 import duckdb
 
 from vitals_pipeline.assets.fleet import SiteFailures, selected_sites
-from vitals_pipeline.assets.hourly import rollup_automation
-from vitals_pipeline.assets.keys import DAY_FMT, daily_partitions, timeseries_dep, timeseries_key
+from vitals_pipeline.assets.keys import DAY_FMT, archive_key, daily_partitions, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse
@@ -154,15 +153,15 @@ def build_archive_asset(settings: Settings) -> dg.AssetsDefinition:
             deps=[timeseries_dep(site)],
             group_name=schema_name(site),
             skippable=True,
-            automation_condition=rollup_automation(timeseries_key(site)),
             kinds={"duckdb", "parquet"},
             metadata={"site": site, "schema": schema_name(site), "archive_uri": root},
             tags={"site": schema_name(site)},
             description=(
                 f"Site {site!r}: each UTC day's samples as one zstd Parquet file, "
                 f"{root}/site={schema_name(site)}/date=<YYYY-MM-DD>/{ARCHIVE_FILE} (Hive layout). "
-                "Re-exporting replaces the file atomically. Materializes once all 288 5-minute "
-                "partitions of the day are stored, and again when any is re-fetched."
+                "Re-exporting replaces the file atomically. Exported once the day's 5-minute "
+                "partitions are final, and again when a catch-up or backfill re-fetches any of "
+                "them (the fleet_rollups sensor)."
             ),
         )
         for site in sites
@@ -245,5 +244,3 @@ def _export_result(key: dg.AssetKey, export: Export, start: datetime) -> dg.Mate
     )
 
 
-def archive_key(site: str) -> dg.AssetKey:
-    return dg.AssetKey([schema_name(site), "archive"])

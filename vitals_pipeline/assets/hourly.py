@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vitals_pipeline.assets.fleet import SiteFailures, output_name, selected_sites
-from vitals_pipeline.assets.keys import hourly_partitions, points_key, timeseries_dep, timeseries_key
+from vitals_pipeline.assets.keys import hourly_key, hourly_partitions, points_key, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse
@@ -141,33 +141,6 @@ def hourly_rollup(
     return table.cast(HOURLY_SCHEMA), has_points
 
 
-def rollup_automation(upstream: dg.AssetKey) -> dg.AutomationCondition:
-    """When a time-partitioned roll-up of `upstream` should run.
-
-    `AutomationCondition.eager()` considers only the latest time window, so a late
-    re-materialization of an older hour would never reach its roll-up. This is eager without that
-    limit on the update trigger:
-      - the newest complete window, once, when it appears (newly missing) ...
-      - ... or any window whose upstream partitions were re-materialized since it last ran,
-      - but only when none of its upstream partitions is missing (an incomplete hour waits) or
-        in progress, and it is not already running.
-    Only `upstream` counts as a dependency (e.g. `<site>/points` neither triggers nor blocks).
-    """
-    condition = dg.AutomationCondition
-    complete_or_updated = (
-        (
-            (condition.in_latest_time_window() & condition.newly_missing())
-            | condition.any_deps_updated()
-        ).since_last_handled()
-        & ~condition.any_deps_missing()
-        & ~condition.any_deps_in_progress()
-        & ~condition.in_progress()
-    )
-    return complete_or_updated.allow(dg.AssetSelection.assets(upstream)).with_label(
-        f"{upstream.to_user_string()} complete or updated"
-    )
-
-
 def build_hourly_asset(settings: Settings) -> dg.AssetsDefinition:
     """`<site>/timeseries_hourly` of every site, one multi_asset (a run rolls up any subset)."""
     sites = list(settings.sites)
@@ -184,13 +157,12 @@ def build_hourly_asset(settings: Settings) -> dg.AssetsDefinition:
                 "partition_expr": "hour",
                 "merge_keys": list(HOURLY_MERGE_KEYS),
             },
-            automation_condition=rollup_automation(timeseries_key(site)),
             description=(
                 f"Site {site!r} per point and UTC hour (table {schema_name(site)}.{HOURLY_TABLE}): "
                 "samples, count, avg, min, max, first, last, and for totalizers (kWh and other meter "
-                "totals) the hour's consumption `delta` with meter resets handled. Materializes once "
-                "all twelve 5-minute partitions of the hour are stored, and again when any of them "
-                "is re-fetched."
+                "totals) the hour's consumption `delta` with meter resets handled. Rolled up once "
+                "the hour's 5-minute partitions are final, and again when a catch-up or backfill "
+                "re-fetches any of them (the fleet_rollups sensor)."
             ),
         )
         for site in sites
@@ -204,7 +176,7 @@ def build_hourly_asset(settings: Settings) -> dg.AssetsDefinition:
         can_subset=True,
         pool="duckdb",
         # Each hour reads its own twelve 5-minute partitions; units and tags tell totalizers apart
-        # (read if present, never waited for: see rollup_automation).
+        # (read if present, never waited for).
         deps=[timeseries_dep(site) for site in sites] + [points_key(site) for site in sites],
         internal_asset_deps={
             output_name(site, HOURLY_TABLE): {timeseries_key(site), points_key(site)} for site in sites
@@ -278,33 +250,3 @@ def hourly_summary(database: str, sites: list[str]) -> list[str]:
                 f"{meters} totalizers, {used or 0:,.1f} units consumed)  (table {slug}.{HOURLY_TABLE})"
             )
     return lines
-
-
-AUTOMATION_SENSOR = "fleet_automation"
-AUTOMATION_INTERVAL_SECONDS = 180
-
-
-def build_automation_sensor(keys: list[dg.AssetKey]) -> dg.AutomationConditionSensorDefinition:
-    """The sensor that evaluates the automation conditions of `keys` (roll-ups, archive, daily
-    quality).
-
-    Declared here, running by default, because Dagster's implicit
-    `default_automation_condition_sensor` starts STOPPED: without a running automation sensor
-    (evaluated by `dagster-daemon`, which `dagster dev` starts) no condition is ever evaluated.
-    Requests for several partitions of one asset become a backfill (run by the daemon's backfill
-    loop), which honours each asset's backfill policy.
-    """
-    return dg.AutomationConditionSensorDefinition(
-        AUTOMATION_SENSOR,
-        target=dg.AssetSelection.assets(*keys),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        # Each evaluation judges three conditions per site (9 s of CPU for 300 sites here): every
-        # 3 minutes is soon enough for hours and days, and keeps the daemon near idle.
-        minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
-        description="Every site's hourly roll-ups, daily archives and daily quality, when their "
-        "time is complete or their 5-minute partitions change.",
-    )
-
-
-def hourly_key(site: str) -> dg.AssetKey:
-    return dg.AssetKey([schema_name(site), HOURLY_TABLE])

@@ -45,6 +45,18 @@ def timeseries_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "timeseries"])
 
 
+def hourly_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "timeseries_hourly"])
+
+
+def archive_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "archive"])
+
+
+def quality_daily_key(site: str) -> dg.AssetKey:
+    return dg.AssetKey([schema_name(site), "quality_daily"])
+
+
 def weather_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "weather"])
 

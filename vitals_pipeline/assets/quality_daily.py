@@ -20,9 +20,9 @@ Per point and day (`day` = the day's start, naive UTC):
                     ok: otherwise.
   reason            why, for a person
 
-Automation: once every 5-minute partition of the day is stored, and again when one of them is
-re-fetched (see `daily_automation`), evaluated by the `fleet_automation` sensor (assets/hourly.py),
-which needs `dagster-daemon` (which `dagster dev` starts).
+Automation: once the day's 5-minute partitions are final, and again when a catch-up or backfill
+re-fetches one of them: the `fleet_rollups` sensor (automation/rollups.py), which needs
+`dagster-daemon` (which `dagster dev` starts).
 """
 
 from datetime import UTC, timedelta
@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from vitals_pipeline.assets.fleet import SiteFailures, output_name, selected_sites
-from vitals_pipeline.assets.keys import daily_partitions, timeseries_dep, timeseries_key
+from vitals_pipeline.assets.keys import daily_partitions, quality_daily_key, timeseries_dep, timeseries_key
 from vitals_pipeline.checks.quality import QUALITY_TABLE, table_exists
 from vitals_pipeline.checks.rules import DOWN, FAULT, OK, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -138,26 +138,6 @@ def daily_rollup(
     return table.cast(DAILY_SCHEMA)
 
 
-def daily_automation(upstream: dg.AssetKey) -> dg.AutomationCondition:
-    """When a day is rolled up: eager() without its latest-window limit on updates.
-
-    - the newest complete day, once, when it appears (newly missing), or any day whose 5-minute
-      partitions were re-materialized since it last ran (late samples, repairs);
-    - but only when none of its 288 upstream partitions is missing or in progress (an incomplete
-      day waits), and it is not already running.
-    """
-    condition = dg.AutomationCondition
-    return (
-        (
-            (condition.in_latest_time_window() & condition.newly_missing())
-            | condition.any_deps_updated()
-        ).since_last_handled()
-        & ~condition.any_deps_missing()
-        & ~condition.any_deps_in_progress()
-        & ~condition.in_progress()
-    ).with_label(f"day of {upstream.to_user_string()} complete or updated")
-
-
 def build_quality_daily_asset(settings: Settings, thresholds: QualityThresholds) -> dg.AssetsDefinition:
     """`<site>/quality_daily` of every site, one multi_asset."""
     sites = list(settings.sites)
@@ -174,13 +154,12 @@ def build_quality_daily_asset(settings: Settings, thresholds: QualityThresholds)
                 "partition_expr": "day",
                 "merge_keys": list(DAILY_MERGE_KEYS),
             },
-            automation_condition=daily_automation(timeseries_key(site)),
             description=(
                 f"Site {site!r} per point and UTC day (table {schema_name(site)}.{DAILY_TABLE}): "
                 "completeness, counts of null / text / sentinel / out-of-range readings, partitions "
                 "per status, and the day's status (ok / fault / down / unknown) with the reason. "
-                "Rolled up from the quality table once the day's 288 five-minute partitions are "
-                "stored, and again when one of them is re-fetched."
+                "Rolled up from the quality table once the day's 5-minute partitions are final, and "
+                "again when a catch-up or backfill re-fetches any of them (the fleet_rollups sensor)."
             ),
         )
         for site in sites
@@ -263,8 +242,6 @@ def build_quality_daily(
     return [build_quality_daily_asset(settings, thresholds)]
 
 
-def quality_daily_key(site: str) -> dg.AssetKey:
-    return dg.AssetKey([schema_name(site), DAILY_TABLE])
 
 
 # A day is this many 5-minute partitions.

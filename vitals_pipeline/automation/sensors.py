@@ -55,6 +55,35 @@ UNFINISHED = [
 _NEEDS_RUN = (None, dg.AssetPartitionStatus.FAILED)
 
 
+HOLD_BEFORE_TICK = timedelta(seconds=60)
+
+
+def tick_due_within(now: datetime, cron: str | None, within: timedelta) -> bool:
+    """Whether a tick of `cron` falls in (now, now + within]. Understands the 5-minute crons this
+    project uses (`*/5`, `1-59/5`, `1/5` in the minute field, `*` elsewhere); for any other cron
+    it answers False (no hold)."""
+    if not cron:
+        return False
+    fields = cron.split()
+    if len(fields) != 5 or any(f != "*" for f in fields[1:]):
+        return False
+    minute = fields[0]
+    if "/" not in minute:
+        return False
+    base, step = minute.split("/", 1)
+    try:
+        step_n = int(step)
+        offset = 0 if base == "*" else int(base.split("-")[0])
+    except ValueError:
+        return False
+    if step_n <= 0 or 60 % step_n:
+        return False
+    moment = now.astimezone(UTC)
+    minutes_into = (moment.minute - offset) % step_n  # minutes since the last tick's minute
+    seconds_to_next = (step_n - minutes_into) * 60 - moment.second - moment.microsecond / 1e6
+    return 0 < seconds_to_next <= within.total_seconds()
+
+
 def _utcnow() -> datetime:
     """The sensor's clock (a seam for tests; the daemon evaluates on the wall clock)."""
     return datetime.now(UTC)
@@ -86,6 +115,7 @@ def plan_catchup(
     hours: int,
     partitions_start: datetime,
     retry_after: timedelta = RETRY_AFTER_FAILURE,
+    schedule_cron: str | None = None,
     max_partitions: int = MAX_RUN_PARTITIONS,
     max_runs: int = MAX_RUNS_PER_TICK,
 ) -> CatchupPlan:
@@ -93,6 +123,9 @@ def plan_catchup(
     window = catchup_window(now, hours, partitions_start)
     if window is None:
         return CatchupPlan(None, skip_reason="no closed partition older than the newest yet")
+    if tick_due_within(now, schedule_cron, HOLD_BEFORE_TICK):
+        # A catch-up run launched now would hold the DuckDB pool when the tick's run starts.
+        return CatchupPlan(window, skip_reason="a schedule tick is due within a minute: after it")
     active = instance.get_run_ids(
         dg.RunsFilter(tags={TRIGGER_TAG: "catchup"}, statuses=UNFINISHED), limit=1
     )
@@ -217,6 +250,7 @@ def build_catchup_sensor(
             now=_utcnow(),
             hours=automation.catchup_hours,
             partitions_start=settings.partitions_start,
+            schedule_cron=automation.schedule_cron,
         )
         for reason in plan.held[:20]:
             context.log.info(reason)
