@@ -19,6 +19,7 @@ from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.storage.schema import POINTS_MERGE_KEYS
+from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 
 
 
@@ -42,7 +43,9 @@ def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
     }
 
     @dg.multi_asset(name="points", outs=outs, can_subset=True, pool="duckdb")
-    def points(context: dg.AssetExecutionContext, ace: AceResource) -> Iterator[dg.Output]:
+    def points(
+        context: dg.AssetExecutionContext, ace: AceResource, warehouse: DuckDBWarehouse
+    ) -> Iterator[dg.Output]:
         """The selected sites' configured points, fetched concurrently, stored site by site."""
         chosen = selected_sites(context, settings.sites, points_key)
         failures = SiteFailures("configured points")
@@ -62,20 +65,22 @@ def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
                 chosen, fetch, concurrency=settings.fetch_concurrency,
                 budget_seconds=settings.site_budget_seconds, describe_error=describe,
             ))
-        for outcome in fetched:
-            if outcome.error is not None:
-                failures.add(outcome.site, outcome.error)
-                continue
-            table = points_table(outcome.value, fetched_at)
-            yield dg.Output(
-                table,
-                output_name=output_name(outcome.site, "points"),
-                metadata={
-                    "points": table.num_rows,
-                    "points_without_unit": table.column("unit").null_count,
-                    "points_without_interval": table.column("collect_interval").null_count,
-                },
-            )
+        # One DuckDB connection for every site's store (see weather.py).
+        with warehouse.session():
+            for outcome in fetched:
+                if outcome.error is not None:
+                    failures.add(outcome.site, outcome.error)
+                    continue
+                table = points_table(outcome.value, fetched_at)
+                yield dg.Output(
+                    table,
+                    output_name=output_name(outcome.site, "points"),
+                    metadata={
+                        "points": table.num_rows,
+                        "points_without_unit": table.column("unit").null_count,
+                        "points_without_interval": table.column("collect_interval").null_count,
+                    },
+                )
         failures.raise_if_any(len(chosen))
 
     return points
