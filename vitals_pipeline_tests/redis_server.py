@@ -13,7 +13,6 @@ tests fail and say how to install it: no silent skip.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from vitals_pipeline_tests.postgres import _die_with_parent, _free_port
+# Redis shuts down on SIGINT as PostgreSQL does (nothing to save here): the same stop.
+from vitals_pipeline_tests.postgres import _die_with_parent, _free_port, _stop
 
 INSTALL_HINT = (
     "redis-server was not found on PATH or in /usr/bin: the tests of the Celery executor start a "
@@ -110,17 +110,6 @@ def _wait_until_answering(server: RedisServer, process: subprocess.Popen) -> boo
         client.close()
     _stop(process)
     raise RuntimeError(f"redis-server answered no PING in {START_TIMEOUT_SECONDS} s:\n{server.log_tail()}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)  # shuts down at once: nothing to save
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
