@@ -76,21 +76,40 @@ class Worker:
     def start(self) -> None:
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "celery"), "-A", "dagster_celery.app", "worker", "-n", self.node,
-                 "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "dagster_celery.app",
+                    "worker",
+                    "-n",
+                    self.node,
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"worker {self.name} exited ({self.process.returncode}):\n{self.log_tail()}"
+                )
             if f"{self.node} ready." in self.log_path.read_text(errors="replace"):
                 self.note_pids()
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"worker {self.name} not ready in {READY_TIMEOUT_SECONDS} s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"worker {self.name} not ready in {READY_TIMEOUT_SECONDS} s:\n{self.log_tail()}"
+        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -198,7 +217,9 @@ def step_executions(instance: dg.DagsterInstance, run_id: str) -> dict[str, list
         if event is None or not event.step_key:
             continue
         if event.event_type in kinds:
-            found.setdefault(event.step_key, []).append(StepEvent(kinds[event.event_type], event.pid))
+            found.setdefault(event.step_key, []).append(
+                StepEvent(kinds[event.event_type], event.pid)
+            )
         else:
             metadata = event.engine_event_data.metadata if event.engine_event_data else {}
             if WORKER_LABEL in metadata:
@@ -210,9 +231,18 @@ def step_executions(instance: dg.DagsterInstance, run_id: str) -> dict[str, list
 
 def owner(event: StepEvent, workers: Sequence[Worker]) -> Worker | None:
     """The worker an event came from: by its process, or by the name the worker recorded."""
-    return next((w for w in workers if event.pid in w.pids_seen or (event.worker and event.worker == w.node)), None)
+    return next(
+        (
+            w
+            for w in workers
+            if event.pid in w.pids_seen or (event.worker and event.worker == w.node)
+        ),
+        None,
+    )
 
 
-def attributed(events: Sequence[StepEvent], workers: Sequence[Worker]) -> list[tuple[str, str | None]]:
+def attributed(
+    events: Sequence[StepEvent], workers: Sequence[Worker]
+) -> list[tuple[str, str | None]]:
     """(kind, worker name) of each event of a step, in order."""
     return [(e.kind, getattr(owner(e, workers), "name", None)) for e in events]

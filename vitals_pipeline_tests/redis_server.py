@@ -38,7 +38,9 @@ START_TIMEOUT_SECONDS = 30
 
 
 def find_redis_server() -> Path | None:
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     return Path(found) if found else None
 
 
@@ -54,7 +56,9 @@ class RedisServer:
         return f"redis://:{self.password}@{self.host}:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password, db=db, socket_timeout=5)
+        return redis.Redis(
+            host=self.host, port=self.port, password=self.password, db=db, socket_timeout=5
+        )
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
@@ -78,15 +82,21 @@ def running_redis(binary: Path) -> Iterator[RedisServer]:
             )
             conf.chmod(0o600)
             process = subprocess.Popen(
-                [str(binary), str(conf)], cwd=base, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                [str(binary), str(conf)],
+                cwd=base,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             server = RedisServer("127.0.0.1", port, password, log_path)
             if _wait_until_answering(server, process):
                 break
             process.wait(timeout=10)
             if "Address already in use" not in server.log_tail() or attempt == 2:
-                raise RuntimeError(f"redis-server did not start (exit {process.returncode}):\n{server.log_tail()}")
+                raise RuntimeError(
+                    f"redis-server did not start (exit {process.returncode}):\n{server.log_tail()}"
+                )
         yield server
     finally:
         if process is not None:
@@ -109,7 +119,9 @@ def _wait_until_answering(server: RedisServer, process: subprocess.Popen) -> boo
     finally:
         client.close()
     _stop(process)
-    raise RuntimeError(f"redis-server answered no PING in {START_TIMEOUT_SECONDS} s:\n{server.log_tail()}")
+    raise RuntimeError(
+        f"redis-server answered no PING in {START_TIMEOUT_SECONDS} s:\n{server.log_tail()}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,13 +39,13 @@ from vitals_pipeline_tests.celery_stack import (
     SHIPPED_PG_SETTINGS,
     DuckDBFileWarehouse,
     Worker,
-    new_worker,
     attributed,
+    new_worker,
     owner,
     run_on_celery,
     start_workers,
-    stop_workers,
     step_executions,
+    stop_workers,
 )
 from vitals_pipeline_tests.conftest import SIM_KEY, simulator
 from vitals_pipeline_tests.helpers import diff, expected_rows
@@ -64,7 +63,7 @@ KILL_TICK = partition_start("2026-03-10-11:20") + timedelta(minutes=1)  # 11:05.
 CATCHUP_AT = partition_start("2026-03-10-11:25") + timedelta(minutes=2)  # watches 10:50..11:15
 # A step taken by a worker that died is handed to another after this long. Longer than any step
 # here (a few seconds), short enough for the test; deployments keep the default hour.
-VISIBILITY_TIMEOUT_SECONDS = 25
+VISIBILITY_TIMEOUT_SECONDS = 20
 # Runs of the first tick at most, until both workers have taken a step (each run: ~1/8 chance
 # that one worker takes all four).
 MAX_TICK_RUNS = 5
@@ -95,9 +94,12 @@ class Stack:
 
     def status(self, site: str, first: str, last: str) -> dict:
         keys = window_for_keys(first, last).partition_keys()
-        found = self.instance.get_status_by_partition(
-            timeseries_key(site), keys, five_minute_partitions(self.settings)
-        ) or {}
+        found = (
+            self.instance.get_status_by_partition(
+                timeseries_key(site), keys, five_minute_partitions(self.settings)
+            )
+            or {}
+        )
         return {key: found.get(key) for key in keys}
 
     def exact(self, site: str, first: str, last: str):
@@ -142,7 +144,12 @@ def stack(tmp_path_factory, postgres_server: PostgresServer, redis_server: Redis
             start_workers(workers)
             with dg.DagsterInstance.get() as instance:
                 yield Stack(
-                    sim, Settings.from_env(), instance, workers, warehouse, redis_server,
+                    sim,
+                    Settings.from_env(),
+                    instance,
+                    workers,
+                    warehouse,
+                    redis_server,
                     secrets=[SIM_KEY, postgres_server.password, redis_server.password],
                 )
     finally:
@@ -156,7 +163,10 @@ def tick_request(stack: Stack, tick) -> dg.RunRequest:
 
 
 def window_of(request: dg.RunRequest) -> tuple[str, str]:
-    return (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"])
+    return (
+        request.tags["dagster/asset_partition_range_start"],
+        request.tags["dagster/asset_partition_range_end"],
+    )
 
 
 def test_a_tick_runs_its_shard_steps_on_the_workers_and_lands_exactly(stack):
@@ -178,7 +188,9 @@ def test_a_tick_runs_its_shard_steps_on_the_workers_and_lands_exactly(stack):
         assert sorted(steps) == shards
         for step, events in steps.items():
             # Taken by one worker, started and finished in that worker's process: once each.
-            [(taken, name), (start, started_in), (success, finished_in)] = attributed(events, stack.workers)
+            [(taken, name), (start, started_in), (success, finished_in)] = attributed(
+                events, stack.workers
+            )
             assert (taken, start, success) == ("taken", "start", "success"), (step, events)
             assert name is not None and name == started_in == finished_in, (step, events)
             ran_by.setdefault(name, set()).add(step)
@@ -231,8 +243,11 @@ def test_a_worker_killed_mid_step_loses_and_duplicates_nothing(stack):
     steps = step_executions(stack.instance, result.run_id)
     # Started in the killed worker, never finished there; taken over and finished by the other.
     assert attributed(steps[slow_step], stack.workers) == [
-        ("taken", victim.name), ("start", victim.name),
-        ("taken", survivor.name), ("start", survivor.name), ("success", survivor.name),
+        ("taken", victim.name),
+        ("start", victim.name),
+        ("taken", survivor.name),
+        ("start", survivor.name),
+        ("success", survivor.name),
     ], steps[slow_step]
     for step, events in steps.items():
         assert [e.kind for e in events].count("success") == 1, (step, events)
@@ -240,13 +255,20 @@ def test_a_worker_killed_mid_step_loses_and_duplicates_nothing(stack):
     # Nothing of the killed tick is left for the catch-up; what it finds (partitions that no tick
     # covered) its runs fill, on the surviving worker.
     plan = plan_catchup(
-        stack.instance, SITES, five_minute_partitions(stack.settings), now=CATCHUP_AT, hours=1,
-        partitions_start=stack.settings.partitions_start, retry_after=timedelta(0),
+        stack.instance,
+        SITES,
+        five_minute_partitions(stack.settings),
+        now=CATCHUP_AT,
+        hours=1,
+        partitions_start=stack.settings.partitions_start,
+        retry_after=timedelta(0),
     )
     tick_keys = set(window_for_keys(first, last).partition_keys())
     for catchup in plan.requests:
         keys = set(window_for_keys(*window_of(catchup)).partition_keys())
-        assert not keys & tick_keys, f"the catch-up redoes the killed tick's {sorted(keys & tick_keys)}"
+        assert not keys & tick_keys, (
+            f"the catch-up redoes the killed tick's {sorted(keys & tick_keys)}"
+        )
         assert run_on_celery(stack.instance, catchup).success, survivor.log_tail()
 
     everything = (PARTITIONS_START, last)
@@ -266,7 +288,9 @@ def wait_for_step_start(stack: Stack, tag: str, step_key: str, timeout: float):
                 if event.kind == "start":
                     return event
         time.sleep(0.2)
-    raise AssertionError(f"{step_key} did not start in {timeout:.0f} s: {[w.log_tail(1500) for w in stack.workers]}")
+    raise AssertionError(
+        f"{step_key} did not start in {timeout:.0f} s: {[w.log_tail(1500) for w in stack.workers]}"
+    )
 
 
 def assert_no_secrets(stack: Stack) -> None:

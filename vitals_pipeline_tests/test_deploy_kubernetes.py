@@ -38,7 +38,11 @@ def manifests() -> dict[tuple[str, str], dict]:
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = (KUBERNETES / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
@@ -59,7 +63,17 @@ def test_the_image_and_the_values_serve_this_packages_definitions():
         "the chart passes the code server's command as arguments: an ENTRYPOINT would be prepended"
     )
     [cmd] = [json.loads(arg) for kind, arg in instructions if kind == "CMD"]
-    assert cmd == ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", str(deployment["port"]), "-m", MODULE]
+    assert cmd == [
+        "dagster",
+        "api",
+        "grpc",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        str(deployment["port"]),
+        "-m",
+        MODULE,
+    ]
 
     # What the image installs: this project with the extra that brings the run launcher the
     # chart's instance settings name, pinned with the rest of the dagster set.
@@ -80,7 +94,9 @@ def test_the_values_carry_the_projects_instance_settings():
     chart = values()
     shipped = yaml.safe_load(shipped_settings(POSTGRES))
     extra = chart["additionalInstanceConfig"]
-    assert {name: extra[name] for name in INSTANCE_SECTIONS} == {name: shipped[name] for name in INSTANCE_SECTIONS}
+    assert {name: extra[name] for name in INSTANCE_SECTIONS} == {
+        name: shipped[name] for name in INSTANCE_SECTIONS
+    }
     assert set(extra) == set(INSTANCE_SECTIONS), "anything else belongs to the chart's own values"
     # The chart's own renderings of these are off: one of each in the instance settings.
     assert chart["dagsterDaemon"]["runMonitoring"]["enabled"] is False
@@ -108,13 +124,18 @@ def test_every_setting_comes_from_the_configmap_or_secret_under_a_name_the_packa
     for holder in (deployment, launcher):
         refs["configmaps"] |= {ref["name"] for ref in holder["envConfigMaps"]}
         refs["secrets"] |= {ref["name"] for ref in holder["envSecrets"]}
-        assert "env" not in holder or not holder["env"], "settings come from the ConfigMap/Secret only"
+        assert "env" not in holder or not holder["env"], (
+            "settings come from the ConfigMap/Secret only"
+        )
         # Both mount the warehouse volume the ConfigMap's VITALS_DUCKDB_PATH is on.
         [mount] = holder["volumeMounts"]
         assert Path(config["data"]["VITALS_DUCKDB_PATH"]).is_relative_to(mount["mountPath"])
         [volume] = holder["volumes"]
         assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in docs
-    assert refs == {"configmaps": {config["metadata"]["name"]}, "secrets": set(secrets) - {pg_secret}}
+    assert refs == {
+        "configmaps": {config["metadata"]["name"]},
+        "secrets": set(secrets) - {pg_secret},
+    }
 
     readable = names_the_package_reads()
     env_secret_keys = {key for name in refs["secrets"] for key in secrets[name]["stringData"]}

@@ -40,7 +40,12 @@ from vitals_pipeline_tests.conftest import SIM_KEY
 from vitals_pipeline_tests.helpers import QUIET, diff
 from vitals_pipeline_tests.postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
 from vitals_pipeline_tests.test_fleet import BROKEN, HEALTHY, SITES, F, Fleet, M
-from vitals_pipeline_tests.test_postgres import assert_no_password, assert_no_sqlite_storage, pg_home, pg_query  # noqa: F401
+from vitals_pipeline_tests.test_postgres import (
+    assert_no_password,
+    assert_no_sqlite_storage,
+    pg_home,  # noqa: F401  (fixture)
+    pg_query,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +57,10 @@ def pg_fleet(pg_home, pg_url, monkeypatch, tmp_path):  # noqa: F811
     """A 4-site fleet (one always 503) on the PostgreSQL instance, its partitions starting at the
     window of the tick that the test runs first (so the catch-up sees that tick only)."""
     sim = Simulator(
-        SimulatorConfig(sites=[SiteSpec(name, points=40, seed=i) for i, name in enumerate(SITES)], api_key=SIM_KEY)
+        SimulatorConfig(
+            sites=[SiteSpec(name, points=40, seed=i) for i, name in enumerate(SITES)],
+            api_key=SIM_KEY,
+        )
     )
     sim.faults.site_status = {BROKEN: 503}
     now = datetime.now(UTC)
@@ -82,8 +90,11 @@ def run_tick(fleet: Fleet):
     first = request.tags["dagster/asset_partition_range_start"]
     last = request.tags["dagster/asset_partition_range_end"]
     result = fleet.defs.resolve_job_def(FLEET_JOB).execute_in_process(
-        instance=fleet.instance, asset_selection=request.asset_selection, tags=request.tags,
-        run_config=QUIET, raise_on_error=False,
+        instance=fleet.instance,
+        asset_selection=request.asset_selection,
+        tags=request.tags,
+        run_config=QUIET,
+        raise_on_error=False,
     )
     return result, first, last
 
@@ -101,7 +112,9 @@ def test_a_broken_site_fails_alone_on_postgres(pg_fleet, pg_url, pg_home):  # no
         assert found.clean, f"{site}: {found}"
     assert set(pg_fleet.status(BROKEN, first, last).values()) == {F}
     with duckdb.connect(pg_fleet.env["VITALS_DUCKDB_PATH"], read_only=True) as con:
-        tables = con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ?", [BROKEN]).fetchone()[0]
+        tables = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ?", [BROKEN]
+        ).fetchone()[0]
     assert tables == 0, "the broken site stores nothing"
 
     [failure] = [e for e in result.all_events if e.is_step_failure]
@@ -134,7 +147,10 @@ def test_the_alert_and_vitals_status_follow_the_sites_on_postgres(pg_fleet):
 
     status = subprocess.run(
         [str(VITALS), "status", "--json", "--duckdb-wait", "5"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **pg_fleet.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **pg_fleet.env},
     )
     assert "Traceback" not in status.stderr, status.stderr
     report = json.loads(status.stdout)
@@ -142,7 +158,9 @@ def test_the_alert_and_vitals_status_follow_the_sites_on_postgres(pg_fleet):
     for site in HEALTHY:
         assert sites[site]["health"] == "healthy", sites[site]
         assert sites[site]["last_run"]["run_id"] == result.run_id
-        assert sites[site]["last_run"]["site_status"] == "SUCCESS"  # the fleet run failed, not for it
+        assert (
+            sites[site]["last_run"]["site_status"] == "SUCCESS"
+        )  # the fleet run failed, not for it
         assert sites[site]["missing_partitions"] == sites[site]["failed_partitions"] == 0
     broken = sites[BROKEN]
     assert broken["health"] == "down" and broken["newest_partition"] is None
@@ -158,14 +176,23 @@ def test_catchup_retries_only_the_failed_site_on_postgres(pg_fleet):
     assert not result.success
     now = datetime.now(UTC)
     plan = plan_catchup(
-        pg_fleet.instance, SITES, pg_fleet.partitions, now=now, hours=1,
+        pg_fleet.instance,
+        SITES,
+        pg_fleet.partitions,
+        now=now,
+        hours=1,
         partitions_start=pg_fleet.settings.partitions_start,
     )
     # Just failed, nothing materialized since for that site: held for a quarter hour.
     assert plan.requests == [] and any(BROKEN in reason for reason in plan.held)
     plan = plan_catchup(
-        pg_fleet.instance, SITES, pg_fleet.partitions, now=now, hours=1,
-        partitions_start=pg_fleet.settings.partitions_start, retry_after=timedelta(0),
+        pg_fleet.instance,
+        SITES,
+        pg_fleet.partitions,
+        now=now,
+        hours=1,
+        partitions_start=pg_fleet.settings.partitions_start,
+        retry_after=timedelta(0),
     )
     [broken_only] = plan.requests
     assert [k.path[0] for k in broken_only.asset_selection] == [BROKEN]
@@ -176,12 +203,17 @@ def test_catchup_retries_only_the_failed_site_on_postgres(pg_fleet):
 
     pg_fleet.sim.faults.site_status = {}
     caught_up = pg_fleet.defs.resolve_job_def(FLEET_JOB).execute_in_process(
-        instance=pg_fleet.instance, asset_selection=list(broken_only.asset_selection),
-        tags=broken_only.tags, run_config=QUIET,
+        instance=pg_fleet.instance,
+        asset_selection=list(broken_only.asset_selection),
+        tags=broken_only.tags,
+        run_config=QUIET,
     )
     assert caught_up.success
     assert set(pg_fleet.status(BROKEN, catchup_first, catchup_last).values()) == {M}
-    found = diff(pg_fleet.stored(BROKEN, catchup_first, catchup_last), pg_fleet.truth(BROKEN, catchup_first, catchup_last))
+    found = diff(
+        pg_fleet.stored(BROKEN, catchup_first, catchup_last),
+        pg_fleet.truth(BROKEN, catchup_first, catchup_last),
+    )
     assert found.clean, str(found)
     materialized = {e.asset_key.path[0] for e in caught_up.get_asset_materialization_events()}
     assert materialized == {BROKEN}, "the healthy sites were not fetched again"

@@ -21,7 +21,9 @@ DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 3600
 
 
 def _visibility_timeout() -> int:
-    value = os.environ.get("VITALS_CELERY_VISIBILITY_TIMEOUT_SECONDS") or str(DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
+    value = os.environ.get("VITALS_CELERY_VISIBILITY_TIMEOUT_SECONDS") or str(
+        DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    )
     try:
         seconds = int(value)
     except ValueError:
