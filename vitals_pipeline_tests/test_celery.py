@@ -14,6 +14,8 @@ warehouse.
    worker takes that step over (deploy/celery/dagster_celery_config.py: late acknowledgement and
    a visibility timeout), the run completes, the catch-up plan finds nothing of that tick to
    redo and its runs fill the rest; every site exact, nothing duplicated.
+3. VITALS_EXECUTOR picks the definitions' executor (in_process by default), and says what is
+   wrong with a bad value or a missing broker.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SimulatorServer, SiteSpec
 from vitals_pipeline.assets.keys import five_minute_partitions, timeseries_key
+from vitals_pipeline.automation.jobs import FLEET_JOB
 from vitals_pipeline.automation.schedules import plan_tick
 from vitals_pipeline.automation.sensors import plan_catchup
-from vitals_pipeline.config import Settings
+from vitals_pipeline.config import ConfigError, Settings
+from vitals_pipeline.definitions import build_definitions, choose_executor
 from vitals_pipeline.windows import partition_start, window_for_keys
 from vitals_pipeline_tests.celery_stack import (
     SHIPPED_PG_SETTINGS,
@@ -311,3 +315,27 @@ def assert_no_secrets(stack: Stack) -> None:
     assert len(texts) > len(stack.workers), "the broker holds the steps' results"
     for secret in stack.secrets:
         assert not any(secret in text for text in texts)
+
+
+def test_vitals_executor_chooses_where_the_steps_run(monkeypatch):
+    assert choose_executor({}) is dg.in_process_executor
+    assert choose_executor({"VITALS_EXECUTOR": "in_process"}) is dg.in_process_executor
+    broker = {"VITALS_CELERY_BROKER_URL": "redis://:secret@redis-host:6379/0"}
+    assert choose_executor({"VITALS_EXECUTOR": "celery", **broker}).name == "celery"
+    with pytest.raises(ConfigError, match="VITALS_CELERY_BROKER_URL"):
+        choose_executor({"VITALS_EXECUTOR": "celery"})
+    with pytest.raises(ConfigError, match="VITALS_EXECUTOR='dask'"):
+        choose_executor({"VITALS_EXECUTOR": "dask"})
+
+    # The definitions' jobs (the fleet job the schedule launches) run on the chosen executor.
+    for name, value in {
+        "ACE_SITES": ",".join(SITES),
+        "VITALS_EXECUTOR": "celery",
+        **broker,
+    }.items():
+        monkeypatch.setenv(name, value)
+    job = build_definitions(Settings.from_env()).resolve_job_def(FLEET_JOB)
+    assert job.executor_def.name == "celery"
+    monkeypatch.delenv("VITALS_EXECUTOR")
+    job = build_definitions(Settings.from_env()).resolve_job_def(FLEET_JOB)
+    assert job.executor_def is dg.in_process_executor
