@@ -55,6 +55,7 @@ from vitals_pipeline_tests.conftest import SIM_KEY, simulator
 from vitals_pipeline_tests.helpers import diff, expected_rows
 from vitals_pipeline_tests.postgres import PostgresServer, postgres_server  # noqa: F401  (fixture)
 from vitals_pipeline_tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
+from vitals_pipeline_tests.test_postgres import pg_query
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +90,7 @@ class Stack:
     warehouse: DuckDBFileWarehouse
     redis: RedisServer
     secrets: list[str]
+    pg_url: str
 
     def ensure_workers(self) -> None:
         dead = [w for w in self.workers if not w.alive()]
@@ -155,6 +157,7 @@ def stack(tmp_path_factory, postgres_server: PostgresServer, redis_server: Redis
                     warehouse,
                     redis_server,
                     secrets=[SIM_KEY, postgres_server.password, redis_server.password],
+                    pg_url=shared["DAGSTER_PG_URL"],
                 )
     finally:
         stop_workers(workers)
@@ -298,23 +301,27 @@ def wait_for_step_start(stack: Stack, tag: str, step_key: str, timeout: float):
 
 
 def assert_no_secrets(stack: Stack) -> None:
-    """Neither the ACE key nor a password in the workers' logs or anywhere in the broker."""
-    texts = [w.log_path.read_text(errors="replace") for w in stack.workers]
+    """Neither the ACE key nor a password in the workers' logs, anywhere in the broker, or in the
+    instance's runs and events."""
+    logs = [w.log_path.read_text(errors="replace") for w in stack.workers]
+    instance = [row for (row,) in pg_query(stack.pg_url, "SELECT run_body FROM runs")]
+    instance += [row for (row,) in pg_query(stack.pg_url, "SELECT event FROM event_logs")]
+    broker = []
     client = stack.redis.client()
     try:
         for key in client.scan_iter(count=1000):
             kind = client.type(key)
             if kind == b"string":
-                texts.append(repr(client.get(key)))
+                broker.append(repr(client.get(key)))
             elif kind == b"list":
-                texts.append(repr(client.lrange(key, 0, -1)))
+                broker.append(repr(client.lrange(key, 0, -1)))
             elif kind == b"hash":
-                texts.append(repr(client.hgetall(key)))
+                broker.append(repr(client.hgetall(key)))
     finally:
         client.close()
-    assert len(texts) > len(stack.workers), "the broker holds the steps' results"
+    assert broker and instance, "the broker holds the steps' results, the instance their events"
     for secret in stack.secrets:
-        assert not any(secret in text for text in texts)
+        assert not any(secret in text for text in [*logs, *broker, *instance])
 
 
 def test_vitals_executor_chooses_where_the_steps_run(monkeypatch):
