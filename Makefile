@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/vitals demo
 
 test: $(STAMP)
+	bash scripts/system-packages.sh
 	$(BIN)/python -m pytest -n 2 --timeout 240 $(PYTEST_ARGS)
 
 dev: $(STAMP)
