@@ -50,7 +50,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     ]
     warehouse = DuckDBWarehouse(database=settings.duckdb_path)
     return dg.Definitions(
-        assets=[*fleet, *derived],
+        assets=[*fleet, *derived, *automation.assets],
         jobs=automation.jobs,
         schedules=automation.schedules,
         sensors=automation.sensors,

@@ -277,3 +277,27 @@ def test_definitions_register_one_schedule_and_one_catchup_sensor_for_the_fleet(
     names = {s.name for s in fleet.defs.sensors}
     assert {"fleet_catchup", ALERT_SENSOR_NAME} <= names
     assert not any(name.endswith("_catchup") and name != "fleet_catchup" for name in names)
+
+
+def test_fleet_status_in_the_ui_names_the_site_that_is_behind(fleet, monkeypatch):
+    from vitals_pipeline.automation.fleet_status import FLEET_STATUS_KEY, FLEET_STATUS_SENSOR
+
+    fleet.run(FIRST, LAST)
+    # Partitions from the tick's window on (no older holes), the clock a minute after the window:
+    # the healthy sites are current.
+    monkeypatch.setenv("VITALS_PARTITIONS_START", FIRST)
+    defs = build_definitions(Settings.from_env(now=partition_start(LAST)))
+    monkeypatch.setattr(
+        "vitals_pipeline.automation.fleet_status.datetime",
+        type("frozen", (), {"now": staticmethod(lambda tz=None: partition_start(LAST) + timedelta(minutes=6))}),
+    )
+    sensor = defs.get_sensor_def(FLEET_STATUS_SENSOR)
+    with dg.build_sensor_context(instance=fleet.instance, definitions=defs) as context:
+        result = sensor.evaluate_tick(context)
+    [observation] = result.asset_events
+    assert observation.asset_key == FLEET_STATUS_KEY
+    meta = {k: getattr(v, "value", v) for k, v in observation.metadata.items()}
+    assert (meta["sites"], meta["healthy"], meta["down"]) == (4, 3, 1)
+    table = meta["sites_behind"]
+    assert BROKEN in table and not any(site in table for site in HEALTHY)
+    assert meta["max_lag_minutes"] == 1.0
