@@ -42,6 +42,10 @@ def describe(defs: dg.Definitions) -> dict:
     assets = {}
     for key in sorted(graph.get_all_asset_keys()):
         node = graph.get(key)
+        assets_def = defs.resolve_assets_def(key)
+        if not assets_def.is_executable:  # an observed asset (fleet/status)
+            assets[key.to_user_string()] = {"group": node.group_name, "observed": True}
+            continue
         assets[key.to_user_string()] = {
             "group": node.group_name,
             "partitions": _partitions(node.partitions_def),
