@@ -44,7 +44,14 @@ from vitals_pipeline.automation.sensors import CATCHUP_SENSOR_NAME, plan_catchup
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import ConfigError, Settings
 from vitals_pipeline.definitions import build_definitions
-from vitals_pipeline.windows import PARTITION, Window, floor_to_partition, partition_key
+from vitals_pipeline.windows import (
+    PARTITION,
+    Window,
+    floor_to_partition,
+    partition_key,
+    partition_start,
+    window_for_keys,
+)
 from vitals_pipeline_tests.conftest import SIM_KEY, SITE
 from vitals_pipeline_tests.helpers import Receiver
 
@@ -145,13 +152,21 @@ def test_catchup_window_leaves_the_newest_closed_partition_to_the_schedule():
     assert catchup_window(at("10:02"), 24, at("09:55")) is None
 
 
-def test_find_gaps_splits_contiguous_runs_and_bounds_their_size():
+def test_find_gaps_splits_contiguous_runs_on_boundaries_shared_by_every_site():
     keys = [key(at("10:00") + i * PARTITION) for i in range(12)]
     holes = set(keys[1:3] + keys[4:11])
     gaps = find_gaps(keys, holes.__contains__, max_partitions=4)
+    # Cut where the partition number since the epoch is a multiple of 4 (10:00, 10:20, 10:40).
     assert [g.keys for g in gaps] == [tuple(keys[1:3]), tuple(keys[4:8]), tuple(keys[8:11])]
     assert find_gaps(keys, lambda k: False) == []
-    assert [len(g) for g in find_gaps(keys, lambda k: True, max_partitions=5)] == [5, 5, 2]
+    # By 5: every cut falls on a multiple of 5 partitions since the epoch, pieces of at most 5.
+    pieces = find_gaps(keys, lambda k: True, max_partitions=5)
+    assert sum(len(g) for g in pieces) == 12 and all(len(g) <= 5 for g in pieces)
+    assert all(int(partition_start(g.first).timestamp() // 300) % 5 == 0 for g in pieces[1:])
+    # Two sites missing different stretches share the pieces where they overlap.
+    a = find_gaps(keys, lambda k: k >= keys[2], max_partitions=4)
+    b = find_gaps(keys, lambda k: True, max_partitions=4)
+    assert [(g.first, g.last) for g in a][1:] == [(g.first, g.last) for g in b][1:]
 
 
 def test_batch_gaps_puts_sites_missing_the_same_stretch_in_one_run_newest_first():
@@ -171,7 +186,7 @@ def test_automation_settings_defaults_and_errors():
     s = AutomationSettings.from_env({})
     assert (s.schedule_cron, s.catchup_hours, s.alert_webhook_url, s.ui_url) == (
         "1-59/5 * * * *",
-        24,
+        192,  # back to the first partition of a default deployment (7 days before midnight)
         None,
         "http://127.0.0.1:3000",
     )
@@ -221,6 +236,7 @@ def test_definitions_register_fleet_automation(pipeline_env, monkeypatch):
     outside = [
         spec.key.to_user_string()
         for assets_def in defs.assets
+        if isinstance(assets_def, dg.AssetsDefinition)  # not the observed fleet/status spec
         for spec in assets_def.specs
         if assets_def.get_op_def_for_asset_key(spec.key).pool != "duckdb"
     ]
@@ -397,15 +413,22 @@ def test_catchup_leaves_the_newest_partition_to_the_schedule(live):
         assert not data.run_requests, "the newest closed partition is the schedule's"
 
 
-def test_catchup_splits_a_long_outage_into_bounded_runs(live):
+def test_catchup_splits_a_long_outage_into_bounded_runs_newest_first(live):
     with dg.instance_for_test() as instance:
-        result = plan(instance, live, max_partitions=12)
-    # Nothing materialized at all: 3 hours minus the newest partition, newest gap first.
+        result = plan(instance, live, max_partitions=12, max_runs=5)
+    # Nothing materialized at all: 3 hours minus the newest partition, cut on the hours into
+    # pieces of at most 12, newest first, together exactly the window.
     ranges = [request_range(r) for r in result.requests]
-    assert len(ranges) == 3
-    # 35 partitions cut oldest first into 12 + 12 + 11.
-    assert ranges[0] == (key(live.end - 12 * PARTITION), key(live.end - 2 * PARTITION))
-    assert ranges[-1] == (key(live.start), key(live.start + 11 * PARTITION))
+    assert ranges[0][1] == key(live.end - 2 * PARTITION) and ranges[-1][0] == key(live.start)
+    for newer, older in zip(ranges, ranges[1:]):
+        assert partition_start(older[1]) + PARTITION == partition_start(newer[0])
+        assert newer[0].endswith(":00")  # an hour boundary
+    assert all(window_for_keys(*r).partitions <= 12 for r in ranges)
+    assert sum(window_for_keys(*r).partitions for r in ranges) == 35
+    with dg.instance_for_test() as instance:
+        # By default one run at a time: the next one when this one is done.
+        [only] = plan(instance, live, max_partitions=12).requests
+    assert request_range(only) == ranges[0]
 
 
 def test_catchup_retries_a_failed_partition(live, monkeypatch):
@@ -467,9 +490,11 @@ def test_catchup_never_lists_all_partition_keys(live, monkeypatch):
         assert run_range(instance, defs, key(live.start), live.newest_closed).success
         monkeypatch.setattr(dg.TimeWindowPartitionsDefinition, "get_partition_keys", refuse)
         [request] = evaluate_catchup(instance, defs).run_requests
-        # Everything before the three loaded hours, back to 24 h.
+        # Everything before the three loaded hours, back to 8 days, a day per run for one site
+        # (cut on midnights), newest first: the stretch from the last midnight to the hours.
+        midnight = live.start.replace(hour=0, minute=0)
         assert request_range(request) == (
-            key(live.end - PARTITION - timedelta(hours=24)),
+            key(max(midnight, live.end - PARTITION - timedelta(days=8))),
             key(live.start - PARTITION),
         )
         assert evaluate_schedule(defs, live.now).run_requests[0].run_key

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from vitals_pipeline.windows import PARTITION, Window, closed_window, floor_to_partition
+from vitals_pipeline.windows import PARTITION, Window, closed_window, floor_to_partition, partition_start
 
 # One day of 5-minute partitions: the most one catch-up run fetches (a bounded API window, a
 # bounded DuckDB merge, a run that finishes within the run monitor's time limit).
@@ -64,23 +64,37 @@ def find_gaps(
     max_partitions: int = MAX_RUN_PARTITIONS,
 ) -> list[Gap]:
     """Contiguous runs of `keys` (consecutive, in time order) for which `needs_run` holds, each
-    cut into pieces of at most `max_partitions`, oldest first."""
+    cut into pieces of at most `max_partitions`, oldest first. The cuts fall on the same
+    boundaries for every site (multiples of `max_partitions` partitions since the epoch), so that
+    sites missing the same time share the same pieces and their runs."""
     if max_partitions < 1:
         raise ValueError("max_partitions must be at least 1")
     gaps: list[Gap] = []
     current: list[str] = []
     for key in keys:
+        if current and _partition_index(key) % max_partitions == 0:
+            gaps.append(Gap(tuple(current)))
+            current = []
         if needs_run(key):
             current.append(key)
-            if len(current) == max_partitions:
-                gaps.append(Gap(tuple(current)))
-                current = []
         elif current:
             gaps.append(Gap(tuple(current)))
             current = []
     if current:
         gaps.append(Gap(tuple(current)))
     return gaps
+
+
+def _partition_index(key: str) -> int:
+    """The partition's number since the epoch (UTC): where the aligned cuts of find_gaps fall."""
+    return int(partition_start(key).timestamp() // PARTITION.total_seconds())
+
+
+def run_partitions_for(sites: int, budget: int, floor: int, cap: int = MAX_RUN_PARTITIONS) -> int:
+    """How many partitions one catch-up run covers for `sites` sites: `budget` site-partitions a
+    run (a run of the whole fleet stays a minute or two, so ticks are not held up), between
+    `floor` and `cap`."""
+    return max(floor, min(cap, budget // max(sites, 1)))
 
 
 def schedule_run_key(slug: str, first: str, last: str) -> str:

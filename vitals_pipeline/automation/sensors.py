@@ -26,6 +26,7 @@ import dagster as dg
 from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.automation.gaps import (
     MAX_RUN_PARTITIONS,
+    run_partitions_for,
     Batch,
     Gap,
     batch_gaps,
@@ -42,8 +43,12 @@ from vitals_pipeline.windows import Window
 
 CATCHUP_SENSOR_NAME = "fleet_catchup"
 RETRY_AFTER_FAILURE = timedelta(minutes=15)
-# Runs one tick may launch (sites with partitions failing on and off have many small stretches).
-MAX_RUNS_PER_TICK = 8
+# One run at a time: the runs queue for the DuckDB pool anyway, and a short run between two ticks
+# holds no tick up; the next one is launched once it is done (the sensor waits for its own runs).
+MAX_RUNS_PER_TICK = 1
+# Site-partitions one catch-up run fetches: about 3 hours of 300 sites, a day of 40 sites.
+SITE_PARTITIONS_PER_RUN = 12_000
+MIN_RUN_PARTITIONS = 12  # an hour, however large the fleet
 
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED,
@@ -136,10 +141,17 @@ def plan_catchup(
     sites = [site for site in sites if schema_name(site) not in paused]
     keys = window.partition_keys()
     plan = CatchupPlan(window)
+    statuses = {
+        site: instance.get_status_by_partition(timeseries_key(site), keys, partitions_def) or {}
+        for site in sites
+    }
+    behind = [site for site, status in statuses.items() if any(status.get(k) in _NEEDS_RUN for k in keys)]
+    # The more sites need a run, the shorter each run's stretch (cut on the same boundaries).
+    size = min(max_partitions, run_partitions_for(len(behind), SITE_PARTITIONS_PER_RUN, MIN_RUN_PARTITIONS))
     found: dict[str, tuple[list[Gap], dict]] = {}
-    for site in sites:
-        status = instance.get_status_by_partition(timeseries_key(site), keys, partitions_def) or {}
-        gaps = find_gaps(keys, lambda key, s=status: s.get(key) in _NEEDS_RUN, max_partitions)
+    for site in behind:
+        status = statuses[site]
+        gaps = find_gaps(keys, lambda key, s=status: s.get(key) in _NEEDS_RUN, size)
         if gaps:
             found[site] = (gaps, status)
     if not found:

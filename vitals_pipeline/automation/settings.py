@@ -17,8 +17,10 @@ from vitals_pipeline.config import ConfigError
 # Four minutes of grace after every 5-minute boundary is too much; one is enough for the
 # scrapes of the closing partition to reach ACE. `1-59/5`: 00:01, 00:06, ... UTC.
 DEFAULT_SCHEDULE_CRON = "1-59/5 * * * *"
-DEFAULT_CATCHUP_HOURS = 24
-MAX_CATCHUP_HOURS = 7 * 24  # 2,016 partitions: still a handful of queries per tick
+# Eight days: back to the first partition of a new deployment with the default
+# VITALS_PARTITIONS_START (7 days before today's midnight), so that no partition stays missing.
+MAX_CATCHUP_HOURS = 8 * 24  # 2,304 partitions: still a handful of queries per site and tick
+DEFAULT_CATCHUP_HOURS = MAX_CATCHUP_HOURS
 DEFAULT_CATCHUP_INTERVAL_SECONDS = 120
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
 DEFAULT_STATUS_DEGRADED_MINUTES = 15
@@ -50,7 +52,7 @@ class AutomationSettings:
         hours = _positive_int(env, "VITALS_CATCHUP_HOURS", DEFAULT_CATCHUP_HOURS)
         if hours > MAX_CATCHUP_HOURS:
             raise ConfigError(
-                f"VITALS_CATCHUP_HOURS={hours} is more than {MAX_CATCHUP_HOURS} (7 days); older gaps "
+                f"VITALS_CATCHUP_HOURS={hours} is more than {MAX_CATCHUP_HOURS} (8 days); older gaps "
                 "are a backfill: launch one from the asset page or with `dagster asset materialize "
                 "--partition-range`"
             )
