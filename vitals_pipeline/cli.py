@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -333,12 +334,37 @@ def dev(port: int, sim_port: int, sites: str) -> None:
             "ACE_SITES": sites,
             "DAGSTER_HOME": str(home),
         }
-        click.echo(f"{line}\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C stops both)")
-        subprocess.run(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "vitals_pipeline.definitions", "-p", str(port)],
-            env=env,
-            check=False,
-        )
+        logs = home / "logs"
+        logs.mkdir(exist_ok=True)
+        bin_dir = Path(sys.executable).parent
+        module = ["-m", "vitals_pipeline.definitions"]
+        # The webserver and the daemon as a deployment runs them (`dagster dev` would start the
+        # same two); their output, every run's events included, goes to files, not the terminal.
+        with open(logs / "webserver.log", "a") as web_log, open(logs / "daemon.log", "a") as daemon_log:
+            services = [
+                subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", *module], env=env,
+                                 stdout=daemon_log, stderr=subprocess.STDOUT),
+                subprocess.Popen([str(bin_dir / "dagster-webserver"), *module, "-h", "127.0.0.1",
+                                  "-p", str(port)], env=env, stdout=web_log, stderr=subprocess.STDOUT),
+            ]
+            click.echo(
+                f"{line}\nDagster UI: http://127.0.0.1:{port}  (webserver and daemon; Ctrl-C stops all)\n"
+                f"Logs: {logs}/webserver.log, {logs}/daemon.log"
+            )
+            try:
+                while all(service.poll() is None for service in services):
+                    time.sleep(1)
+                ended = next(s for s in services if s.poll() is not None)
+                click.echo(f"{Path(ended.args[0]).name} stopped (exit {ended.returncode}); see {logs}", err=True)
+            finally:
+                for service in services:
+                    if service.poll() is None:
+                        service.terminate()
+                for service in services:
+                    try:
+                        service.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        service.kill()
     except KeyboardInterrupt:
         pass
     finally:

@@ -198,6 +198,8 @@ def test_catchup_retries_only_the_failed_site_and_fills_it(fleet):
     assert diff(fleet.stored(BROKEN, FIRST, LAST), fleet.truth(BROKEN, FIRST, LAST)).clean
     materialized = {e.asset_key.path[0] for e in result.get_asset_materialization_events()}
     assert materialized == {BROKEN}, "the healthy sites were not fetched again"
+    # A run of one site carries its tag (so the runs list can be filtered by site).
+    assert fleet.instance.get_run_by_id(result.run_id).tags["vitals/site"] == BROKEN
 
 
 def test_a_paused_site_is_left_out_of_ticks_and_catchup(fleet):

@@ -28,6 +28,7 @@ from vitals_pipeline.assets.fleet import (
     spread_slot,
 )
 from vitals_pipeline.assets.keys import BACKFILL_TAG, five_minute_partitions, points_key, timeseries_key
+from vitals_pipeline.automation.runs import SITE_TAG
 from vitals_pipeline.checks import recording
 from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -161,6 +162,10 @@ def sync_timeseries(
     tw = context.partition_time_window
     window = Window(tw.start.astimezone(UTC), tw.end.astimezone(UTC))
     sites = selected_sites(context, shard, timeseries_key)
+    if len(sites) == 1 and SITE_TAG not in context.run.tags:
+        # A run of one site (from the asset page, the CLI) is found by filtering the runs list
+        # by this tag, as the old per-site runs were; a fleet run covers many sites.
+        context.instance.add_run_tags(context.run_id, {SITE_TAG: schema_name(sites[0])})
     use_system_allocator()
     defer_pandas_in_pyarrow()
     budget = site_budget_seconds(settings, window)
