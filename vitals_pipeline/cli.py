@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -66,7 +67,8 @@ def _initialise_storage() -> None:
     in PostgreSQL)."""
     from dagster import DagsterInstance
 
-    with DagsterInstance.get() as instance:
+    # Dagster's migration prints a line per storage it looks at: noise for whoever runs `vitals`.
+    with DagsterInstance.get() as instance, contextlib.redirect_stdout(io.StringIO()):
         instance.upgrade()
 
 
