@@ -74,7 +74,10 @@ class Plan:
 
     The last 65 minutes are stored for every site so that the catch-up sensor
     (VITALS_CATCHUP_HOURS=1) has nothing to launch while the walk reads the counts; the schedule
-    still ticks and stores each new partition.
+    still ticks and stores each new partition (one run for both sites, which also fetches their
+    weather on the quarter hours and their points at :05: neither changes the timeseries'
+    counts). The fleet_automation sensor may roll up the complete hours meanwhile, in runs of
+    their own.
     """
 
     sites: tuple[str, ...]
@@ -443,6 +446,7 @@ class RunRecord:
     started: float | None
     ended: float | None
     tags: dict[str, str]
+    assets: list[str] = field(default_factory=list)  # its asset selection, `site/name`
 
 
 @dataclass(frozen=True)
@@ -457,7 +461,8 @@ def graphql_backfill(stack: UiStack, backfill_id: str) -> Backfill:
     data = stack.graphql(
         "query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename"
         " ... on PartitionBackfill { status timestamp runs(limit: 50) { runId status creationTime"
-        " startTime endTime tags { key value } } } ... on PythonError { message } } }",
+        " startTime endTime tags { key value } assetSelection { path } } }"
+        " ... on PythonError { message } } }",
         {"id": backfill_id},
     )["partitionBackfillOrError"]
     if data["__typename"] != "PartitionBackfill":
@@ -470,10 +475,39 @@ def graphql_backfill(stack: UiStack, backfill_id: str) -> Backfill:
             r["startTime"],
             r["endTime"],
             {t["key"]: t["value"] for t in r["tags"]},
+            sorted("/".join(k["path"]) for k in r["assetSelection"] or []),
         )
         for r in data["runs"]
     ]
     return Backfill(backfill_id, data["status"], data["timestamp"], runs)
+
+
+def graphql_latest_materialization_run(stack: UiStack, site: str) -> RunRecord | None:
+    """The run of the newest materialization of `<site>/timeseries` (None: never materialized)."""
+    node = stack.graphql(
+        "query($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { ... on AssetNode {"
+        " assetMaterializations(limit: 1) { runId } } } }",
+        {"path": [site, "timeseries"]},
+    )["assetNodeOrError"]
+    latest = node.get("assetMaterializations") or []
+    if not latest:
+        return None
+    r = stack.graphql(
+        "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { runId status"
+        " creationTime startTime endTime tags { key value } assetSelection { path } } } }",
+        {"id": latest[0]["runId"]},
+    )["runOrError"]
+    if r["__typename"] != "Run":
+        raise AssertionError(f"run {latest[0]['runId']}: {r}")
+    return RunRecord(
+        r["runId"],
+        r["status"],
+        r["creationTime"],
+        r["startTime"],
+        r["endTime"],
+        {t["key"]: t["value"] for t in r["tags"]},
+        sorted("/".join(k["path"]) for k in r["assetSelection"] or []),
+    )
 
 
 def graphql_check_history(stack: UiStack, site: str, check: str, limit: int = 50) -> list[dict]:
@@ -803,11 +837,23 @@ _CHECK_STATUSES = {
     "Succeeded",
     "Failed",
     "Not evaluated",
+    "Not Evaluated",  # the list's spelling; the check's own page says "Not evaluated"
     "Skipped",
     "Execution failed",
     "In progress",
     "Warning",
     "Passed",
+}
+
+
+# A check's latest status as the webserver has it -> as the Checks tab's list shows it.
+CHECK_STATUS_LABELS = {
+    None: "Not Evaluated",
+    "SUCCEEDED": "Succeeded",
+    "FAILED": "Failed",
+    "EXECUTION_FAILED": "Execution failed",
+    "SKIPPED": "Skipped",
+    "IN_PROGRESS": "In progress",
 }
 
 
