@@ -13,9 +13,10 @@ import pytest
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.keys import five_minute_partitions, points_key, timeseries_key, weather_key
 from vitals_pipeline.automation.jobs import FLEET_JOB
-from vitals_pipeline.automation.schedules import SCHEDULE_NAME
+from vitals_pipeline.automation.schedules import SCHEDULE_NAME, plan_tick
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline.windows import window_for_keys
 from vitals_pipeline_tests.conftest import SITE, simulator
 from vitals_pipeline_tests.helpers import QUIET
 
@@ -99,6 +100,43 @@ def test_a_failing_site_does_not_stop_another_sites_points_in_one_run(sim, pipel
     with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
         names = {r[0] for r in con.execute(f"SELECT name FROM {SITE}.points").fetchall()}
     assert names == {p["name"] for p in sim.points(SITE)}
+
+
+def test_the_hourly_points_tick_still_stores_every_other_sites_samples(sim, pipeline_env, monkeypatch):
+    """The tick whose window closes at :05 refreshes the points in the same run as the samples. A
+    site ACE refuses fails the points step; that must not stop the timeseries step (which it
+    would if the step waited on the points step): the other site's samples are stored and its
+    partitions MATERIALIZED, the refused site named alone in each step's failure."""
+    monkeypatch.setenv("ACE_SITES", f"{GHOST},{SITE}")
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    [request] = plan_tick(datetime(2026, 3, 10, 11, 6, tzinfo=UTC), settings.sites, set(), settings)
+    assert sorted(request.asset_selection) == sorted(
+        key(site) for site in (GHOST, SITE) for key in (timeseries_key, points_key)
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(FLEET_JOB).execute_in_process(
+        instance=instance, asset_selection=request.asset_selection, tags=request.tags,
+        run_config=QUIET, raise_on_error=False,
+    )
+    assert not result.success
+    started = {e.step_key for e in result.all_events if e.is_step_start}
+    assert started == {"points", "timeseries"}, "the timeseries step must run although the points step failed"
+    for failure in (e for e in result.all_events if e.is_step_failure):
+        listed = failure.event_specific_data.user_failure_data.metadata["failed_sites"].value
+        assert [entry["site"] for entry in listed] == [GHOST], failure.step_key
+    first = request.tags["dagster/asset_partition_range_start"]
+    last = request.tags["dagster/asset_partition_range_end"]
+    keys = window_for_keys(first, last).partition_keys()
+    partitions = five_minute_partitions(settings)
+    status = instance.get_status_by_partition(timeseries_key(SITE), keys, partitions)
+    assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}, status
+    window = window_for_keys(first, last)
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchall()[0][0]
+        points = con.execute(f"SELECT count(*) FROM {SITE}.points").fetchall()[0][0]
+    assert stored == len(sim.ground_truth(SITE, window.start, window.end)) > 0
+    assert points == len(sim.points(SITE))
 
 
 @pytest.mark.parametrize(
