@@ -175,6 +175,7 @@ class UiStack:
     plan: Plan
     artifacts: Path
     logs: dict[str, Path] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # webserver, daemon
     location: str = ""  # the code location's name, as the UI shows it
     repository: str = "__repository__"
     started_in: float = 0.0  # seconds from nothing to a loaded code location
@@ -189,6 +190,15 @@ class UiStack:
         if body.get("errors"):
             raise AssertionError(f"GraphQL errors: {body['errors']}")
         return body["data"]
+
+    def assert_running(self) -> None:
+        """Fail at once, naming it, when the webserver or the daemon has exited (a wait for
+        what the daemon launches would otherwise only time out)."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"the {name} exited ({process.returncode}) during the walk:\n{self.log_tail()}"
+                )
 
     def log_tail(self, chars: int = 3000) -> str:
         parts = []
@@ -320,7 +330,7 @@ def ui_stack(
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        spawn(
+        webserver = spawn(
             "webserver",
             [
                 str(BIN / "dagster-webserver"),
@@ -333,7 +343,7 @@ def ui_stack(
             ],
             env,
         )
-        spawn(
+        daemon = spawn(
             "daemon", [str(BIN / "dagster-daemon"), "run", "-m", "vitals_pipeline.definitions"], env
         )
         stack = UiStack(
@@ -343,6 +353,7 @@ def ui_stack(
             plan=plan,
             artifacts=artifacts,
             logs=logs,
+            processes={"webserver": webserver, "daemon": daemon},
         )
         wait_until(
             lambda: _code_location_loaded(stack, started),
