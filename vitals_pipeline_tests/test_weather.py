@@ -80,13 +80,12 @@ def schedule_ticks(defs, minutes, hour=12):
     """The assets each tick of the fleet schedule asks for (at HH:MM for each of `minutes`)."""
     schedule = defs.get_schedule_def(SCHEDULE_NAME)
     asked = []
-    for minute in minutes:
-        tick = datetime(2026, 3, 10, hour, minute, tzinfo=UTC)
-        with dg.instance_for_test() as instance, dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=tick
-        ) as context:
-            [request] = schedule.evaluate_tick(context).run_requests
-        asked.append(request)
+    with dg.instance_for_test() as instance:
+        for minute in minutes:
+            tick = datetime(2026, 3, 10, hour, minute, tzinfo=UTC)
+            with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
+                [request] = schedule.evaluate_tick(context).run_requests
+            asked.append(request)
     return asked
 
 
