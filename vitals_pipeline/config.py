@@ -207,7 +207,8 @@ def parse_weather_minutes(value: str | None) -> int:
         minutes = int(value)
     except ValueError:
         raise ConfigError(f"VITALS_WEATHER_MINUTES={value!r} is not a whole number") from None
-    if minutes != 0 and (minutes % 5 or 60 % minutes):
+    # Listed, not computed: `60 % -5 == 0` in Python, so a divisibility test let negatives through.
+    if minutes not in (0, 5, 10, 15, 20, 30, 60):
         raise ConfigError(
             f"VITALS_WEATHER_MINUTES={value!r} must be 0 (no weather) or one of 5, 10, 15, 20, 30, 60 "
             f"(default {DEFAULT_WEATHER_MINUTES})"

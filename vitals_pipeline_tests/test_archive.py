@@ -48,6 +48,25 @@ def day_rows(path):
         ).fetchall()
 
 
+def failed_site(result) -> dict:
+    """The one site the fleet step `archive` names in its failure: the failure's description
+    lists it under the step's summary line, its `failed_sites` metadata holds its error."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "archive"
+    user = failure.event_specific_data.user_failure_data
+    [entry] = user.metadata["failed_sites"].value
+    assert user.description.startswith(f"1 of 1 sites failed (archive of {DAY}):\n- {SITE}: {entry['error']}\n")
+    return entry
+
+
+def archive_materialization(result):
+    """The run's one materialization of `<site>/archive` (the fleet step `archive` yields one per
+    site it exported)."""
+    [materialization] = result.asset_materializations_for_node("archive")
+    assert materialization.asset_key == archive_key(SITE)
+    return materialization
+
+
 def check_evaluation(result):
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.check_name == ARCHIVE_CHECK
@@ -84,8 +103,7 @@ def test_day_exported_to_zstd_parquet_readable_by_duckdb_and_pyarrow(sim, pipeli
         ).fetchall()
     assert got == [(SITE, DAY, len(expected), expected[0][1], expected[-1][1])]
 
-    [materialization] = result.asset_materializations_for_node(f"{SITE}__archive")
-    meta = materialization.metadata
+    meta = archive_materialization(result).metadata
     assert meta["rows"].value == len(expected)
     assert meta["bytes"].value == os.path.getsize(path)
     assert meta["path"].value == str(path)
@@ -113,8 +131,7 @@ def test_reexport_replaces_the_file_with_late_samples_and_leaves_no_temp_file(
     assert result.success
     assert pq.read_metadata(path).num_rows == len(day_rows(db)) > first
     assert check_evaluation(result).passed
-    [materialization] = result.asset_materializations_for_node(f"{SITE}__archive")
-    assert materialization.metadata["replaced_rows"].value == first
+    assert archive_materialization(result).metadata["replaced_rows"].value == first
     assert sorted(os.listdir(path.parent)) == ["part-0.parquet"]
 
     # The same day again: the same rows (idempotent).
@@ -139,10 +156,13 @@ def test_reexport_with_fewer_rows_is_refused_unless_allowed(sim, pipeline_env, a
 
     result = run([archive_key(SITE)], instance=instance, partition_key=DAY)
     assert not result.success
-    assert "refusing to replace it with fewer" in failure_messages(result)
+    entry = failed_site(result)
+    assert entry["site"] == SITE and "refusing to replace it with fewer" in entry["error"]
+    assert "allow_fewer_rows: true" in entry["error"], "says how to override"
+    assert not result.asset_materializations_for_node("archive")
     assert path.read_bytes() == before
 
-    config = {"ops": {f"{SITE}__archive": {"config": {"allow_fewer_rows": True}}}}
+    config = {"ops": {"archive": {"config": {"allow_fewer_rows": True}}}}
     result = run([archive_key(SITE)], instance=instance, partition_key=DAY, run_config=config)
     assert result.success, failure_messages(result)
     assert pq.read_metadata(path).num_rows == len(day_rows(db))
@@ -151,7 +171,9 @@ def test_reexport_with_fewer_rows_is_refused_unless_allowed(sim, pipeline_env, a
 def test_without_stored_samples_it_fails_saying_what_to_do(pipeline_env, archive_root):
     result = run([archive_key(SITE)], instance=dg.DagsterInstance.ephemeral(), partition_key=DAY)
     assert not result.success
-    assert f"materialize {SITE}/timeseries for {DAY}" in failure_messages(result)
+    entry = failed_site(result)
+    assert entry["site"] == SITE
+    assert f"no {SITE}.timeseries table: materialize {SITE}/timeseries for {DAY} first" in entry["error"]
     assert not archive_root.exists()
 
 

@@ -45,15 +45,22 @@ def test_single_partition_matches_ground_truth(sim, pipeline_env):
 
 
 def test_range_run_writes_each_partitions_own_lean_metadata(sim, pipeline_env):
-    """A range run records one materialization per partition, each with that partition's own
-    few figures and nothing run-wide (a fleet writes sites x partitions of them every tick)."""
-    sim.faults.text_points = 1  # some values stored as NULL: null_values is not always 0
+    """A range run records one materialization per partition, each with exactly that partition's
+    own few figures (samples, points, completeness_pct) and nothing run-wide (a fleet writes
+    sites x partitions of them every tick). Null values are no longer materialization metadata:
+    they are counted per point and partition in the site's quality table."""
+    sim.faults.text_points = 1  # some values stored as NULL: the null count is not always 0
     instance = dg.DagsterInstance.ephemeral()
     first, last = "2026-03-09-10:00", "2026-03-09-11:55"
     result = run([timeseries_key(SITE)], tags=range_tags(first, last), instance=instance)
     assert result.success, step_failures(result)
+    path = pipeline_env["VITALS_DUCKDB_PATH"]
     window = window_for_keys(first, last)
-    assert stored(pipeline_env["VITALS_DUCKDB_PATH"]) == expected(sim, window.start, window.end)
+    assert stored(path) == expected(sim, window.start, window.end)
+    with duckdb.connect(path, read_only=True) as con:
+        nulls_stored = dict(con.execute(
+            f"SELECT window_start, sum(nulls) FROM {SITE}.quality GROUP BY window_start"
+        ).fetchall())
     counts, nulls = [], []
     for key in window.partition_keys():
         start = partition_start(key)
@@ -63,12 +70,13 @@ def test_range_run_writes_each_partitions_own_lean_metadata(sim, pipeline_env):
         assert meta == {
             "samples": len(truth),
             "points": len({r[0] for r in truth}),
-            "null_values": sum(r[2] is None for r in truth),
             "completeness_pct": meta["completeness_pct"],
         }, key
         assert 0 < meta["completeness_pct"] <= 100.0
         counts.append(meta["samples"])
-        nulls.append(meta["null_values"])
+        null_values = sum(r[2] is None for r in truth)
+        assert nulls_stored[start.replace(tzinfo=None)] == null_values, key
+        nulls.append(null_values)
     assert len(set(counts)) > 1, "partitions of a mixed-interval site differ in size"
     assert any(nulls), "the text point's samples are counted as null values"
 

@@ -24,14 +24,17 @@ def test_defaults():
     # Fleets: sites fetched at once, a site's budget per hour of window, sites per scheduled run,
     # how often an unchanged check result is recorded again.
     assert (s.fetch_concurrency, s.site_budget_seconds, s.shard_size, s.check_repeat_minutes) == (16, 30, 500, 60)
+    # The tick run refreshes the weather every 15 minutes.
+    assert s.weather_minutes == 15
 
 
 def test_fleet_settings_are_read():
     s = settings(
         VITALS_FETCH_CONCURRENCY="4", VITALS_SITE_BUDGET_SECONDS="90", VITALS_SHARD_SIZE="250",
-        VITALS_CHECK_REPEAT_MINUTES="0",
+        VITALS_CHECK_REPEAT_MINUTES="0", VITALS_WEATHER_MINUTES="0",
     )
     assert (s.fetch_concurrency, s.site_budget_seconds, s.shard_size, s.check_repeat_minutes) == (4, 90, 250, 0)
+    assert s.weather_minutes == 0
 
 
 def test_sites_are_split_and_trimmed():
@@ -59,6 +62,10 @@ def test_sites_are_split_and_trimmed():
         ({"VITALS_CHECK_REPEAT_MINUTES": "7"}, "multiple of 5"),
         ({"VITALS_CHECK_REPEAT_MINUTES": "2880"}, "up to 1440"),
         ({"VITALS_CHECK_REPEAT_MINUTES": "hourly"}, "not a whole number"),
+        ({"VITALS_WEATHER_MINUTES": "7"}, "one of 5, 10, 15, 20, 30, 60"),
+        ({"VITALS_WEATHER_MINUTES": "45"}, "one of 5, 10, 15, 20, 30, 60"),
+        ({"VITALS_WEATHER_MINUTES": "-5"}, "one of 5, 10, 15, 20, 30, 60"),
+        ({"VITALS_WEATHER_MINUTES": "soon"}, "not a whole number"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):

@@ -179,12 +179,19 @@ def test_two_hours_in_one_run_match_the_stored_samples(sim, pipeline_env):
         else:
             assert row["delta"] is None and row["resets"] is None
 
+    # One step for the range, one materialization per hour carrying that hour's own row count
+    # (one row per point) and nothing run-wide.
+    rows_per_hour = {}
+    for _point, hour in hourly:
+        rows_per_hour[hour] = rows_per_hour.get(hour, 0) + 1
     for key in ("2026-03-09-10:00", "2026-03-09-11:00"):
         [record] = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=hourly_key(SITE), asset_partitions=[key]), limit=5
         ).records
-        meta = record.asset_materialization.metadata
-        assert meta["rows"].value == 40 and meta["run_hours"].value == 2
+        meta = dict(record.asset_materialization.metadata)
+        assert {name: value.value for name, value in meta.items()} == {
+            "rows": rows_per_hour[datetime.strptime(key, "%Y-%m-%d-%H:%M")]
+        } == {"rows": 40}
 
 
 def test_rerun_after_late_samples_updates_rows_in_place(sim, pipeline_env):
@@ -261,13 +268,24 @@ def test_automation_waits_for_the_complete_hour_and_reacts_to_late_refetches(sim
 
 def test_the_automation_sensor_runs_by_default_and_targets_every_site(pipeline_env, monkeypatch):
     monkeypatch.setenv("ACE_SITES", f"{SITE},other_site")
+    monkeypatch.delenv("VITALS_CHECKS")  # the default: quality on, so quality_daily exists too
     defs = build_definitions(Settings.from_env())
     [sensor] = [s for s in defs.sensors if s.name == AUTOMATION_SENSOR]
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     targeted = sensor.asset_selection.resolve(defs.resolve_asset_graph())
+    # Only the derived assets: weather and points are steps of the schedule's tick run (no
+    # automation condition), the timeseries the schedule's and catch-up sensor's.
+    assert targeted == {
+        dg.AssetKey([site, name])
+        for site in (SITE, "other_site")
+        for name in ("timeseries_hourly", "archive", "quality_daily")
+    }
+    assert sensor.minimum_interval_seconds == 180
     for site in (SITE, "other_site"):
-        assert {dg.AssetKey([site, name]) for name in ("timeseries_hourly", "archive", "weather")} <= targeted
+        for name in ("weather", "points", "timeseries"):
+            key = dg.AssetKey([site, name])
+            assert defs.resolve_assets_def(key).specs_by_key[key].automation_condition is None, key
 
 
 def test_complete_hours_of_a_loaded_window():

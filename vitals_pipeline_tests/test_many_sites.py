@@ -1,7 +1,8 @@
 """Many sites: definitions for 20 sites load fast and group per site; a failing site does not stop
-the others sharing its run (timeseries, points); a schedule tick asks for one run per shard of
-sites, each site in exactly one."""
+the others sharing its run (timeseries, points); a schedule tick asks for one run for every site,
+cut into one step per shard of sites, each site in exactly one."""
 
+import itertools
 import time
 from datetime import UTC, datetime
 
@@ -10,10 +11,12 @@ import duckdb
 import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
-from vitals_pipeline.assets.keys import five_minute_partitions, points_key, timeseries_key
+from vitals_pipeline.assets.keys import five_minute_partitions, points_key, timeseries_key, weather_key
 from vitals_pipeline.automation.jobs import FLEET_JOB
+from vitals_pipeline.automation.schedules import SCHEDULE_NAME, plan_tick
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
+from vitals_pipeline.windows import window_for_keys
 from vitals_pipeline_tests.conftest import SITE, simulator
 from vitals_pipeline_tests.helpers import QUIET
 
@@ -99,31 +102,85 @@ def test_a_failing_site_does_not_stop_another_sites_points_in_one_run(sim, pipel
     assert names == {p["name"] for p in sim.points(SITE)}
 
 
-@pytest.mark.parametrize(("shard_size", "runs"), [(None, [20]), ("8", [8, 8, 4])])
-def test_a_schedule_tick_asks_for_one_run_per_shard_covering_each_site_once(
-    pipeline_env, monkeypatch, shard_size, runs
+def test_the_hourly_points_tick_still_stores_every_other_sites_samples(sim, pipeline_env, monkeypatch):
+    """The tick whose window closes at :05 refreshes the points in the same run as the samples. A
+    site ACE refuses fails the points step; that must not stop the timeseries step (which it
+    would if the step waited on the points step): the other site's samples are stored and its
+    partitions MATERIALIZED, the refused site named alone in each step's failure."""
+    monkeypatch.setenv("ACE_SITES", f"{GHOST},{SITE}")
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    [request] = plan_tick(datetime(2026, 3, 10, 11, 6, tzinfo=UTC), settings.sites, set(), settings)
+    assert sorted(request.asset_selection) == sorted(
+        key(site) for site in (GHOST, SITE) for key in (timeseries_key, points_key)
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(FLEET_JOB).execute_in_process(
+        instance=instance, asset_selection=request.asset_selection, tags=request.tags,
+        run_config=QUIET, raise_on_error=False,
+    )
+    assert not result.success
+    started = {e.step_key for e in result.all_events if e.is_step_start}
+    assert started == {"points", "timeseries"}, "the timeseries step must run although the points step failed"
+    for failure in (e for e in result.all_events if e.is_step_failure):
+        listed = failure.event_specific_data.user_failure_data.metadata["failed_sites"].value
+        assert [entry["site"] for entry in listed] == [GHOST], failure.step_key
+    first = request.tags["dagster/asset_partition_range_start"]
+    last = request.tags["dagster/asset_partition_range_end"]
+    keys = window_for_keys(first, last).partition_keys()
+    partitions = five_minute_partitions(settings)
+    status = instance.get_status_by_partition(timeseries_key(SITE), keys, partitions)
+    assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}, status
+    window = window_for_keys(first, last)
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchall()[0][0]
+        points = con.execute(f"SELECT count(*) FROM {SITE}.points").fetchall()[0][0]
+    assert stored == len(sim.ground_truth(SITE, window.start, window.end)) > 0
+    assert points == len(sim.points(SITE))
+
+
+@pytest.mark.parametrize(
+    ("shard_size", "steps"),
+    [(None, [("timeseries", 20)]),
+     ("8", [("timeseries_shard_1", 8), ("timeseries_shard_2", 8), ("timeseries_shard_3", 4)])],
+)
+def test_a_schedule_tick_asks_for_one_run_for_every_site_with_one_step_per_shard(
+    pipeline_env, monkeypatch, shard_size, steps
 ):
+    """Shards are steps, not runs: a tick asks for ONE run over every site, whatever
+    VITALS_SHARD_SIZE; the shard size only decides how the fleet's timeseries are cut into steps
+    (consecutive sites in configured order, each in exactly one)."""
     monkeypatch.setenv("ACE_SITES", ",".join(SITES))
     if shard_size:
         monkeypatch.setenv("VITALS_SHARD_SIZE", shard_size)
     defs = build_definitions(Settings.from_env())
-    schedules = list(defs.schedules or [])
-    assert [s.name for s in schedules] == ["fleet_timeseries_schedule"], "one schedule for the fleet"
-    [schedule] = schedules
+    names = sorted(s.name for s in defs.schedules or [])
+    assert names == [SCHEDULE_NAME, "vitals_prune_schedule"], "one schedule for the fleet (+ pruning)"
+    schedule = defs.get_schedule_def(SCHEDULE_NAME)
     tick = datetime(2026, 3, 10, 11, 1, tzinfo=UTC)
     with dg.instance_for_test() as instance:
         # A context opened with `with` closes the instance it resolves (unclosed, it leaves
         # Dagster pointing at a dead instance for later tests in the same worker).
         with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
             requests = schedule.evaluate_tick(context).run_requests or []
-    assert [len(r.asset_selection) for r in requests] == runs
-    asked = [key for r in requests for key in r.asset_selection]
+    [request] = requests
+    asked = [key for key in request.asset_selection if key.path[-1] == "timeseries"]
     assert sorted(asked) == sorted(timeseries_key(site) for site in SITES), "each site once"
-    assert len({r.run_key for r in requests}) == len(runs)
-    for request in requests:
-        # The newest closed partition and the 10-minute lookback, the same for every shard.
-        assert (request.tags["dagster/asset_partition_range_start"],
-                request.tags["dagster/asset_partition_range_end"]) == ("2026-03-10-10:45", "2026-03-10-10:55")
-        assert request.asset_check_keys == [], "a scheduled run records only changed check results"
+    # The window closes at 11:00, a quarter hour: the same run refreshes every site's weather.
+    others = [key for key in request.asset_selection if key.path[-1] != "timeseries"]
+    assert sorted(others) == sorted(weather_key(site) for site in SITES)
+    # The newest closed partition and the 10-minute lookback.
+    first, last = "2026-03-10-10:45", "2026-03-10-10:55"
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == (first, last)
+    assert request.run_key == f"schedule:{first}...{last}"
+    assert not [tag for tag in request.tags if tag.startswith("vitals/shard")], "no shard runs"
+    assert request.asset_check_keys == [], "a scheduled run records only changed check results"
     job = defs.resolve_job_def(schedule.job_name)
-    assert set(job.asset_layer.selected_asset_keys) == {timeseries_key(site) for site in SITES}
+    assert set(job.asset_layer.selected_asset_keys) == {
+        key(site) for site in SITES for key in (timeseries_key, weather_key, points_key)
+    }
+
+    # The steps of that run: one per shard of consecutive sites.
+    op_of = {site: defs.resolve_assets_def(timeseries_key(site)).node_def.name for site in SITES}
+    assert [(op, len(list(group))) for op, group in itertools.groupby(SITES, key=op_of.get)] == steps

@@ -31,7 +31,7 @@ import psycopg2
 import pytest
 
 from vitals_pipeline.ace.simulator import SiteSpec
-from vitals_pipeline.assets.keys import timeseries_key
+from vitals_pipeline.assets.keys import points_key, timeseries_key
 from vitals_pipeline.windows import PARTITION, Window, floor_to_partition, partition_key, window_for_keys
 from vitals_pipeline_tests.conftest import SITE, simulator
 from vitals_pipeline_tests.helpers import BIN, assert_exact, dagster_cli
@@ -144,13 +144,18 @@ def test_day_range_run_from_the_cli_is_stored_in_postgres(sim, pipeline_env, pg_
         assert instance.get_materialized_partitions(timeseries_key(SITE)) == set(keys)
     # The same, read from PostgreSQL's own tables.
     assert pg_query(pg_url, "SELECT run_id, status FROM runs") == [(run.run_id, "SUCCESS")]
-    [(materializations, partitions)] = pg_query(
+    by_asset = pg_query(
         pg_url,
-        "SELECT count(*), count(DISTINCT partition) FROM event_logs "
-        "WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+        "SELECT asset_key, count(*), count(DISTINCT partition), count(partition) FROM event_logs "
+        "WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION' GROUP BY asset_key",
         (run.run_id,),
     )
-    assert (materializations, partitions) == (288, 288)
+    # One per partition of the day, and the site's points, which the run loads first on a fresh
+    # instance (the checks need its units), unpartitioned.
+    assert {dg.AssetKey.from_db_string(key): counts for key, *counts in by_asset} == {
+        timeseries_key(SITE): [288, 288, 288],
+        points_key(SITE): [1, 0, 0],
+    }
     [(step_events,)] = pg_query(
         pg_url,
         "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'STEP_SUCCESS'",
@@ -202,9 +207,20 @@ def test_daemon_fills_missing_partitions_on_postgres(sim, pipeline_env, pg_home,
     assert {run_id for run_id, in pg_query(pg_url, "SELECT run_id FROM runs")} == run_ids
     stored = pg_query(
         pg_url,
-        "SELECT DISTINCT partition FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'",
+        "SELECT DISTINCT partition FROM event_logs "
+        "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = %s",
+        (asset_key.to_string(),),
     )
     assert sorted(p for p, in stored) == materialized
+    # The first run loaded the site's points (the checks need their units), once: later runs
+    # find the table.
+    [(points_loaded,)] = pg_query(
+        pg_url,
+        "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+        "AND asset_key = %s AND partition IS NULL",
+        (points_key(SITE).to_string(),),
+    )
+    assert points_loaded == 1
     # The sensor's ticks (schedule storage) are in PostgreSQL too.
     [(ticks,)] = pg_query(pg_url, "SELECT count(*) FROM job_ticks")
     assert ticks >= 1

@@ -1,6 +1,6 @@
 """`<site>/weather`: current conditions over real HTTP from the simulator, keyed by the reading's
-own time; unpartitioned, read every 5 minutes for every site in one run; a site without a feed is
-skipped, an unknown site fails alone."""
+own time; unpartitioned, refreshed by the schedule's tick run every VITALS_WEATHER_MINUTES for
+every site in one step; a site without a feed is skipped, an unknown site fails alone."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +11,8 @@ import pytest
 from vitals_pipeline.ace.client import AceClient, AceNotFoundError
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.weather import NO_FEED, weather_key, weather_rows
+from vitals_pipeline.automation.jobs import FLEET_JOB
+from vitals_pipeline.automation.schedules import SCHEDULE_NAME
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline_tests.conftest import SIM_KEY, SIM_NOW, SITE, simulator
@@ -74,31 +76,73 @@ def test_current_conditions_are_stored_once_per_reading_time(sim, pipeline_env):
     assert [r for r in later if r[1] == datetime(2026, 3, 10, 12, 0)] == rows, "the older reading is kept"
 
 
-def test_weather_is_unpartitioned_and_automated_every_five_minutes(sim, pipeline_env, monkeypatch):
+def schedule_ticks(defs, minutes, hour=12):
+    """The assets each tick of the fleet schedule asks for (at HH:MM for each of `minutes`)."""
+    schedule = defs.get_schedule_def(SCHEDULE_NAME)
+    asked = []
+    with dg.instance_for_test() as instance:
+        for minute in minutes:
+            tick = datetime(2026, 3, 10, hour, minute, tzinfo=UTC)
+            with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
+                [request] = schedule.evaluate_tick(context).run_requests
+            asked.append(request)
+    return asked
+
+
+def test_weather_is_unpartitioned_and_refreshed_by_the_tick_run_every_fifteen_minutes(
+    sim, pipeline_env, monkeypatch
+):
     """ACE has current conditions only: no 5-minute partition of the past could ever be filled,
-    so the asset has no partitions; a cron condition reads it every 5 minutes, for every site in
-    one run."""
+    so the asset has no partitions. It has no automation condition either: the schedule's tick
+    run fetches it for every site, as its own step, on the ticks whose window closes on a
+    multiple of VITALS_WEATHER_MINUTES (15 by default), and stores it with that tick's samples."""
     monkeypatch.setenv("ACE_SITES", f"{SITE},{NO_FEED_SITE}")
     defs = build_definitions(Settings.from_env())
     graph = defs.resolve_asset_graph()
     keys = [weather_key(SITE), weather_key(NO_FEED_SITE)]
     for key in keys:
         assert graph.get(key).partitions_def is None, key
+        assert graph.get(key).automation_condition is None, key
     with pytest.raises(Exception, match="(?i)partition"):
         defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=dg.DagsterInstance.ephemeral(), asset_selection=keys, partition_key="2026-03-10-11:55",
         )
 
+    # Ticks a minute after each boundary: windows closing at 12:00, 12:05, ..., 12:30.
+    ticks = schedule_ticks(defs, range(1, 32, 5))
+    with_weather = [
+        request.tags["dagster/asset_partition_range_end"] for request in ticks
+        if set(keys) <= set(request.asset_selection)
+    ]
+    assert with_weather == ["2026-03-10-11:55", "2026-03-10-12:10", "2026-03-10-12:25"]
+    for request in ticks:  # never for one site without the other: both or neither
+        assert len(set(keys) & set(request.asset_selection)) in (0, 2)
+
+    # The 12:01 tick's run, as the daemon launches it: the samples and the weather of both sites
+    # in one run, the weather in its own step; the site without a feed is skipped, not failed.
+    request = ticks[0]
     instance = dg.DagsterInstance.ephemeral()
-    cursor, requested = None, []
-    for minute in (1, 3, 6, 8, 11):  # cron ticks at 12:05 and 12:10 fall between evaluations
-        result = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*keys),
-            evaluation_time=datetime(2026, 3, 10, 12, minute, tzinfo=UTC), cursor=cursor,
-        )
-        cursor = result.cursor
-        requested.append({key for key in keys if result.get_num_requested(key)})
-    assert requested == [set(), set(), set(keys), set(), set(keys)]
+    result = defs.resolve_job_def(FLEET_JOB).execute_in_process(
+        instance=instance, asset_selection=request.asset_selection, tags=request.tags,
+        run_config=QUIET, raise_on_error=False,
+    )
+    assert result.success
+    steps = {e.step_key for e in result.all_events if e.is_step_success}
+    assert steps == {"timeseries", "weather"}
+    assert materialization_metadata(result) == {"readings": 9, "reading_time": "2026-03-10T12:00:00"}
+    assert materialization_metadata(result, NO_FEED_SITE) == {"skipped": NO_FEED}
+    assert len(stored(pipeline_env["VITALS_DUCKDB_PATH"])) == 9
+    # An unpartitioned materialization in a range run: recorded without a partition.
+    [event] = instance.fetch_materializations(weather_key(SITE), limit=5).records
+    assert event.asset_materialization.partition is None
+
+
+@pytest.mark.parametrize(("minutes", "closing"), [("5", [0, 5, 10, 15]), ("30", [0]), ("0", [])])
+def test_weather_minutes_setting(pipeline_env, monkeypatch, minutes, closing):
+    monkeypatch.setenv("VITALS_WEATHER_MINUTES", minutes)
+    ticks = schedule_ticks(build_definitions(Settings.from_env()), (1, 6, 11, 16))
+    got = [i * 5 for i, request in enumerate(ticks) if weather_key(SITE) in request.asset_selection]
+    assert got == closing
 
 
 def test_site_without_weather_feed_is_skipped_not_failed(sim, pipeline_env, monkeypatch):

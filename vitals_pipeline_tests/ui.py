@@ -74,7 +74,10 @@ class Plan:
 
     The last 65 minutes are stored for every site so that the catch-up sensor
     (VITALS_CATCHUP_HOURS=1) has nothing to launch while the walk reads the counts; the schedule
-    still ticks and stores each new partition.
+    still ticks and stores each new partition (one run for both sites, which also fetches their
+    weather on the quarter hours and their points at :05: neither changes the timeseries'
+    counts). The fleet_automation sensor may roll up the complete hours meanwhile, in runs of
+    their own.
     """
 
     sites: tuple[str, ...]
@@ -172,6 +175,7 @@ class UiStack:
     plan: Plan
     artifacts: Path
     logs: dict[str, Path] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # webserver, daemon
     location: str = ""  # the code location's name, as the UI shows it
     repository: str = "__repository__"
     started_in: float = 0.0  # seconds from nothing to a loaded code location
@@ -186,6 +190,15 @@ class UiStack:
         if body.get("errors"):
             raise AssertionError(f"GraphQL errors: {body['errors']}")
         return body["data"]
+
+    def assert_running(self) -> None:
+        """Fail at once, naming it, when the webserver or the daemon has exited (a wait for
+        what the daemon launches would otherwise only time out)."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"the {name} exited ({process.returncode}) during the walk:\n{self.log_tail()}"
+                )
 
     def log_tail(self, chars: int = 3000) -> str:
         parts = []
@@ -317,7 +330,7 @@ def ui_stack(
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        spawn(
+        webserver = spawn(
             "webserver",
             [
                 str(BIN / "dagster-webserver"),
@@ -330,7 +343,7 @@ def ui_stack(
             ],
             env,
         )
-        spawn(
+        daemon = spawn(
             "daemon", [str(BIN / "dagster-daemon"), "run", "-m", "vitals_pipeline.definitions"], env
         )
         stack = UiStack(
@@ -340,6 +353,7 @@ def ui_stack(
             plan=plan,
             artifacts=artifacts,
             logs=logs,
+            processes={"webserver": webserver, "daemon": daemon},
         )
         wait_until(
             lambda: _code_location_loaded(stack, started),
@@ -443,6 +457,7 @@ class RunRecord:
     started: float | None
     ended: float | None
     tags: dict[str, str]
+    assets: list[str] = field(default_factory=list)  # its asset selection, `site/name`
 
 
 @dataclass(frozen=True)
@@ -457,7 +472,8 @@ def graphql_backfill(stack: UiStack, backfill_id: str) -> Backfill:
     data = stack.graphql(
         "query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename"
         " ... on PartitionBackfill { status timestamp runs(limit: 50) { runId status creationTime"
-        " startTime endTime tags { key value } } } ... on PythonError { message } } }",
+        " startTime endTime tags { key value } assetSelection { path } } }"
+        " ... on PythonError { message } } }",
         {"id": backfill_id},
     )["partitionBackfillOrError"]
     if data["__typename"] != "PartitionBackfill":
@@ -470,10 +486,39 @@ def graphql_backfill(stack: UiStack, backfill_id: str) -> Backfill:
             r["startTime"],
             r["endTime"],
             {t["key"]: t["value"] for t in r["tags"]},
+            sorted("/".join(k["path"]) for k in r["assetSelection"] or []),
         )
         for r in data["runs"]
     ]
     return Backfill(backfill_id, data["status"], data["timestamp"], runs)
+
+
+def graphql_latest_materialization_run(stack: UiStack, site: str) -> RunRecord | None:
+    """The run of the newest materialization of `<site>/timeseries` (None: never materialized)."""
+    node = stack.graphql(
+        "query($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) { ... on AssetNode {"
+        " assetMaterializations(limit: 1) { runId } } } }",
+        {"path": [site, "timeseries"]},
+    )["assetNodeOrError"]
+    latest = node.get("assetMaterializations") or []
+    if not latest:
+        return None
+    r = stack.graphql(
+        "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { runId status"
+        " creationTime startTime endTime tags { key value } assetSelection { path } } } }",
+        {"id": latest[0]["runId"]},
+    )["runOrError"]
+    if r["__typename"] != "Run":
+        raise AssertionError(f"run {latest[0]['runId']}: {r}")
+    return RunRecord(
+        r["runId"],
+        r["status"],
+        r["creationTime"],
+        r["startTime"],
+        r["endTime"],
+        {t["key"]: t["value"] for t in r["tags"]},
+        sorted("/".join(k["path"]) for k in r["assetSelection"] or []),
+    )
 
 
 def graphql_check_history(stack: UiStack, site: str, check: str, limit: int = 50) -> list[dict]:
@@ -803,11 +848,23 @@ _CHECK_STATUSES = {
     "Succeeded",
     "Failed",
     "Not evaluated",
+    "Not Evaluated",  # the list's spelling; the check's own page says "Not evaluated"
     "Skipped",
     "Execution failed",
     "In progress",
     "Warning",
     "Passed",
+}
+
+
+# A check's latest status as the webserver has it -> as the Checks tab's list shows it.
+CHECK_STATUS_LABELS = {
+    None: "Not Evaluated",
+    "SUCCEEDED": "Succeeded",
+    "FAILED": "Failed",
+    "EXECUTION_FAILED": "Execution failed",
+    "SKIPPED": "Skipped",
+    "IN_PROGRESS": "In progress",
 }
 
 
