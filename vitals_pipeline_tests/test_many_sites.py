@@ -12,6 +12,7 @@ import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.keys import five_minute_partitions, points_key, timeseries_key, weather_key
+from vitals_pipeline.automation.fleet_status import FLEET_STATUS_KEY
 from vitals_pipeline.automation.jobs import FLEET_JOB
 from vitals_pipeline.automation.schedules import SCHEDULE_NAME, plan_tick
 from vitals_pipeline.config import Settings
@@ -43,12 +44,13 @@ def test_twenty_sites_load_fast_and_are_grouped_per_site(pipeline_env, monkeypat
 
     graph = defs.resolve_asset_graph()
     by_site: dict[str, set[str]] = {}
-    for key in graph.get_all_asset_keys():
+    for key in graph.get_all_asset_keys() - {FLEET_STATUS_KEY}:
         site, name = key.path
         by_site.setdefault(site, set()).add(name)
         assert graph.get(key).group_name == site, f"{key.to_user_string()} is not in group {site}"
     assert set(by_site) == set(SITES)
     assert all(names >= PER_SITE for names in by_site.values())
+    assert graph.get(FLEET_STATUS_KEY).group_name == "fleet", "the fleet's own view is not one site's"
 
 
 def test_a_failing_site_fails_only_its_own_partitions_in_a_shared_run(sim, pipeline_env, monkeypatch):
