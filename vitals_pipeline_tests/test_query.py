@@ -93,7 +93,7 @@ def test_a_query_is_stopped_at_its_bound_and_frees_the_file(tmp_path):
     began = time.monotonic()
     with pytest.raises(QueryError, match="longer than 1 s and was stopped"):
         query_duckdb(path, "SELECT count(*) FROM range(1000000000000) a, range(1000) b", max_seconds=1)
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < 30  # 1 s, plus start-up on a loaded machine
     connect_duckdb(path, lock_timeout_seconds=1).close()  # free at once
 
     # What it avoids: a connection kept open read-only (a notebook) fails a writer.
