@@ -14,7 +14,7 @@ Measured, per warehouse:
                (DuckDB: read-only, as a notebook holds it; PostgreSQL: querying every 0.25 s and
                one connection idle inside a transaction): the writer's wall time and whether it
                failed, and the reader's slowest query;
-- bytes/sample of the stored timeseries (DuckDB: the file; PostgreSQL: table + index).
+- bytes/sample of the stored timeseries of the day (DuckDB: the file; PostgreSQL: table + index).
 
 PostgreSQL runs as a server of its own (Debian's binaries, as the tests use them), durable:
 fsync and synchronous commit on. Prints a Markdown table; --results appends it to
@@ -180,7 +180,7 @@ def measure(kind: str, target_for, args) -> dict:
     # The same tick again (the next tick's lookback re-stores the same window: merges, not inserts).
     seconds, _ = store_sites(kind, target, sites, tick_points, tick_minutes)
     row["tick_again_s"] = seconds
-    row["bytes_per_sample"] = bytes_per_sample(kind, target)
+    row["bytes_per_sample"] = bytes_per_sample(kind, target)  # 100 small tables: overheads dominate
 
     target = target_for("writers")
     groups = [sites[i:: args.writers] for i in range(args.writers)]
@@ -189,6 +189,10 @@ def measure(kind: str, target_for, args) -> dict:
     row["writers_wall_s"] = wall
     row["writers_failed"] = sum(not r["ok"] for r in results)
     row["writers_errors"] = sorted({r.get("error", "")[:160] for r in results if not r["ok"]})
+
+    target = target_for("alone")
+    wall, results = run_writers(kind, target, [sites[1:]], tick_points, tick_minutes)
+    row["alone_wall_s"] = wall  # the baseline of the next: one writer process, no reader
 
     target = target_for("reader")
     store_sites(kind, target, [0], tick_points, tick_minutes)  # the table the reader reads
@@ -206,6 +210,7 @@ def measure(kind: str, target_for, args) -> dict:
         target = target_for("day")
         seconds, rows = store_sites(kind, target, [9999], args.day_points, 1440)
         row["day_s"], row["day_rows"] = seconds, rows
+        row["bytes_per_sample"] = bytes_per_sample(kind, target)  # one big table: the real figure
     return row
 
 
@@ -242,7 +247,7 @@ def main() -> None:
     for r in rows:
         day = f"{r['day_s']:.1f} ({r['day_rows'] / r['day_s']:,.0f}/s)" if "day_s" in r else "-"
         writers = f"{r['writers_wall_s']:.1f}" + (f" ({r['writers_failed']} failed)" if r["writers_failed"] else "")
-        reader = f"{r['with_reader_wall_s']:.1f}" + (f" ({r['with_reader_failed']} failed)" if r["with_reader_failed"] else "")
+        reader = f"{r['with_reader_wall_s']:.1f} (alone {r['alone_wall_s']:.1f})" + (f" ({r['with_reader_failed']} failed)" if r["with_reader_failed"] else "")
         lines.append(
             f"| {datetime.now():%Y-%m-%d} | {commit} | {r['warehouse']} | {args.sites} | "
             f"{r['tick_s']:.2f} ({r['tick_rows'] / r['tick_s']:,.0f}/s) | {r['tick_again_s']:.2f} | {day} | "
@@ -253,7 +258,7 @@ def main() -> None:
             print(f"  {r['warehouse']}: {error}")
     header = (
         "| date | commit | warehouse | sites | tick s (samples/s) | same tick again s | day of 4,500 points s "
-        "(samples/s) | W writers: wall s | tick with a reader s | reader's slowest query s | "
+        "(samples/s) | W writer processes: wall s | a writer process with a reader connected (alone) s | reader's slowest query s | "
         "B/sample | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     print(header)
