@@ -82,7 +82,7 @@ def test_queries_while_a_writer_writes_never_fail_it(tmp_path):
     assert cli.returncode == 0, cli.stderr
     row = json.loads(cli.stdout.splitlines()[0])
     assert row["n"] >= counts[-1] and row["n"] % 200 == 0
-    assert len(counts) >= 5 and counts == sorted(counts) and counts[-1] > counts[0], counts
+    assert len(counts) >= 2 and counts == sorted(counts) and counts[-1] > counts[0], counts
     final = query_duckdb(path, "SELECT count(*) FROM site.timeseries").column(0)[0].as_py()
     assert final == writes * 200
 
