@@ -1,4 +1,5 @@
-"""The `vitals` command: `init`, `simulate`, `demo`, `dev`, `status`, `backfill`, `pause`, `resume`, `prune`."""
+"""The `vitals` command: `init`, `simulate`, `demo`, `dev`, `status`, `backfill`, `pause`, `resume`, `prune`,
+`query`."""
 
 from __future__ import annotations
 
@@ -519,6 +520,47 @@ def prune(keep_days: int, dry_run: bool, vacuum: bool) -> None:
     with dg.DagsterInstance.get() as instance:
         report = prune_instance(instance, timedelta(days=keep_days), dry_run=dry_run, vacuum=vacuum)
     click.echo(("(dry run) " if dry_run else "") + report.summary())
+
+
+@main.command()
+@click.argument("sql")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row instead of CSV.")
+@click.option("--max-seconds", default=20.0, show_default=True,
+              help="Stop the query after this long (the DuckDB file is held only meanwhile).")
+@click.option("--wait-seconds", default=30.0, show_default=True,
+              help="How long to wait for a run that is writing the DuckDB file.")
+def query(sql: str, as_json: bool, max_seconds: float, wait_seconds: float) -> None:
+    """Run SQL on the warehouse while the pipeline writes it, without ever making a write fail:
+    the DuckDB file (VITALS_DUCKDB_PATH) is opened read-only for this query only, and the query
+    stopped after --max-seconds; the shared warehouse (VITALS_WAREHOUSE_URL) is simply queried.
+    Tables are `<site>.timeseries`, `<site>.quality`, ... (times in UTC)."""
+    import json
+
+    from vitals_pipeline.storage.reading import QueryError, query_duckdb, query_postgres
+
+    url = (os.environ.get("VITALS_WAREHOUSE_URL") or "").strip()
+    try:
+        if url:
+            table = query_postgres(url, sql, max_seconds=max_seconds)
+        else:
+            path = os.environ.get("VITALS_DUCKDB_PATH") or "data/vitals.duckdb"
+            if not Path(path).exists():
+                raise QueryError(f"no DuckDB file at {path} (VITALS_DUCKDB_PATH): nothing stored yet?")
+            table = query_duckdb(path, sql, wait_seconds=wait_seconds, max_seconds=max_seconds)
+    except (QueryError, ConnectionError) as exc:
+        click.echo(f"vitals query: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        for row in table.to_pylist():
+            click.echo(json.dumps(row, default=str))
+        return
+    import io
+
+    import pyarrow.csv as pacsv
+
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer)
+    click.echo(buffer.getvalue().decode(), nl=False)
 
 
 @main.command(

@@ -1,7 +1,7 @@
 """Dagster definitions: `dagster ... -m vitals_pipeline.definitions` loads `defs`.
 
 Settings come from the environment (see config.py); the ACE key is not needed to load.
-Cross-cutting choices (executor, IO manager, the DuckDB file, resources, freshness) are made once,
+Cross-cutting choices (executor, IO manager, the warehouse, resources, freshness) are made once,
 here.
 """
 
@@ -24,7 +24,7 @@ from vitals_pipeline.config import ConfigError, Settings
 from vitals_pipeline.memory import skip_collection_at_exit
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage.io_manager import VitalsDuckDBIOManager
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.warehouse import DuckDBWarehouse, Warehouse
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -48,7 +48,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         build_archive_asset(settings),
         *build_quality_daily(settings, quality),
     ]
-    warehouse = DuckDBWarehouse(database=settings.duckdb_path)
+    warehouse = choose_warehouse(settings)
     return dg.Definitions(
         assets=[*fleet, *derived, *automation.assets],
         jobs=automation.jobs,
@@ -61,6 +61,20 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         },
         executor=choose_executor(),
     )
+
+
+def choose_warehouse(settings: Settings, environ: Mapping[str, str] = os.environ) -> Warehouse:
+    """VITALS_WAREHOUSE_URL: where the samples live. Unset (default): the DuckDB file
+    VITALS_DUCKDB_PATH, one writer process at a time. A postgresql:// URL: the shared warehouse
+    in PostgreSQL, written by several processes and machines at once (docs/warehouse.md)."""
+    if not (environ.get("VITALS_WAREHOUSE_URL") or "").strip():
+        return DuckDBWarehouse(database=settings.duckdb_path)
+    from vitals_pipeline.storage.postgres_warehouse import WarehouseUrlError, warehouse_from_env
+
+    try:
+        return warehouse_from_env(environ)
+    except WarehouseUrlError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def choose_executor(environ: Mapping[str, str] = os.environ) -> dg.ExecutorDefinition:

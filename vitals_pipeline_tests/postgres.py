@@ -119,9 +119,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_postgres(bindir: Path) -> Iterator[PostgresServer]:
+def running_postgres(bindir: Path, *, durable: bool = False) -> Iterator[PostgresServer]:
     """initdb in a new temporary folder, start the server, yield it; stop it and remove the
-    folder on the way out."""
+    folder on the way out. `durable`: fsync and synchronous commit on, as in production (the
+    benchmarks); off by default (the tests throw the cluster away)."""
     owner = _server_user()
     as_owner = {"user": owner[0], "group": owner[1], "extra_groups": []} if owner else {}
     # Under the system's temporary folder (world-traversable), not pytest's (root-only): the
@@ -152,7 +153,8 @@ def running_postgres(bindir: Path) -> Iterator[PostgresServer]:
                 process = subprocess.Popen(
                     [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
                      "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                     "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                     *([] if durable else ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                                           "-c", "full_page_writes=off"]),
                      "-c", "max_connections=200"],
                     cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     preexec_fn=_die_with_parent, **as_owner,

@@ -3,9 +3,10 @@ group of its own with its own folder and environment, sharing only what machines
 the Dagster instance on a real PostgreSQL server, a real Redis, the warehouse and the simulator
 over loopback HTTP. Started once for the module (a worker takes seconds to start).
 
-The warehouse is the DuckDB file on this host, written by both workers in turn (the `duckdb` pool
-of 1 sends one step at a time); the `warehouse` fixture is the one place to change for a shared
-warehouse.
+The warehouse is the shared warehouse in PostgreSQL (VITALS_WAREHOUSE_URL), a database on the
+test server: both workers write it (the instance's `duckdb` pool still sends one step at a time
+here; raise its limit to let steps store side by side, see docs/several-machines.md). The
+`warehouse` fixture is the one place that says which warehouse.
 
 1. A schedule tick (job `fleet_timeseries`, 3 partitions, VITALS_SHARD_SIZE=1: one step per site)
    runs its steps on both workers, each step once, in a worker process (never in the process that
@@ -41,7 +42,6 @@ from vitals_pipeline.definitions import build_definitions, choose_executor
 from vitals_pipeline.windows import partition_start, window_for_keys
 from vitals_pipeline_tests.celery_stack import (
     SHIPPED_PG_SETTINGS,
-    DuckDBFileWarehouse,
     Worker,
     attributed,
     new_worker,
@@ -55,6 +55,7 @@ from vitals_pipeline_tests.conftest import SIM_KEY, simulator
 from vitals_pipeline_tests.helpers import diff, expected_rows
 from vitals_pipeline_tests.postgres import PostgresServer, postgres_server  # noqa: F401  (fixture)
 from vitals_pipeline_tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
+from vitals_pipeline_tests.shared_warehouse import PostgresWarehouseForTests
 from vitals_pipeline_tests.test_postgres import pg_query
 
 pytestmark = pytest.mark.slow
@@ -76,9 +77,14 @@ M = dg.AssetPartitionStatus.MATERIALIZED
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory) -> DuckDBFileWarehouse:
-    """The warehouse the workers share. The one fixture to replace for a shared warehouse."""
-    return DuckDBFileWarehouse(tmp_path_factory.mktemp("warehouse") / "vitals.duckdb")
+def warehouse(postgres_server: PostgresServer) -> PostgresWarehouseForTests:  # noqa: F811
+    """The warehouse the workers share: the shared warehouse in PostgreSQL (VITALS_WAREHOUSE_URL),
+    a database of its own on the test server, which every worker writes at the same time.
+    (`DuckDBFileWarehouse` is the DuckDB file on this host, which workers would take in turn.)"""
+    name = f"warehouse_{uuid.uuid4().hex[:12]}"
+    postgres_server.admin(f"CREATE DATABASE {name}")
+    yield PostgresWarehouseForTests(postgres_server.url(name), postgres_server, name)
+    postgres_server.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @dataclass
@@ -87,7 +93,7 @@ class Stack:
     settings: Settings
     instance: dg.DagsterInstance
     workers: list[Worker]
-    warehouse: DuckDBFileWarehouse
+    warehouse: PostgresWarehouseForTests
     redis: RedisServer
     secrets: list[str]
     pg_url: str

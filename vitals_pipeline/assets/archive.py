@@ -27,8 +27,9 @@ from vitals_pipeline.assets.fleet import SiteFailures, selected_sites
 from vitals_pipeline.assets.keys import DAY_FMT, archive_key, daily_partitions, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.warehouse import Warehouse
 from vitals_pipeline.storage.duckdb_io import naive_utc, table_exists
+from vitals_pipeline.storage.lens import need
 
 DAY = timedelta(days=1)
 ARCHIVE_CHECK = "archive_row_count_matches"
@@ -96,6 +97,7 @@ def export_day(
     table = qualified_name(conn.execute("SELECT current_database()").fetchall()[0][0], schema, "timeseries")
     if not table_exists(conn, schema, "timeseries"):
         raise LookupError(f"no table {schema}.timeseries")
+    need(conn, schema, "timeseries", "ts", naive_utc(start), naive_utc(end))
     previous = parquet_rows(conn, target)
     remote = is_remote(target)
     written = target
@@ -185,7 +187,7 @@ def build_archive_asset(settings: Settings) -> dg.AssetsDefinition:
         # Holds the DuckDB file open while it writes the day.
         pool="duckdb",
     )
-    def archive(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, config: ArchiveConfig):
+    def archive(context: dg.AssetExecutionContext, warehouse: Warehouse, config: ArchiveConfig):
         """The UTC day's samples of the selected sites, one zstd Parquet file each."""
         tw = context.partition_time_window
         start, end = tw.start.astimezone(UTC), tw.end.astimezone(UTC)

@@ -33,8 +33,9 @@ from vitals_pipeline.assets.fleet import SiteFailures, output_name, selected_sit
 from vitals_pipeline.assets.keys import hourly_key, hourly_partitions, points_key, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.warehouse import Warehouse
 from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc, table_exists
+from vitals_pipeline.storage.lens import need
 
 HOUR = timedelta(hours=1)
 HOURLY_FMT = "%Y-%m-%d-%H:%M"  # Dagster's own hourly format, and the 5-minute one
@@ -102,6 +103,9 @@ def hourly_rollup(
     if not table_exists(conn, schema, "timeseries"):
         raise LookupError(f"no table {schema}.timeseries")
     has_points = table_exists(conn, schema, "points")
+    need(conn, schema, "timeseries", "ts", naive_utc(start), naive_utc(end))
+    if has_points:
+        need(conn, schema, "points")
     totalizers, totalizer_params = _totalizers_sql(catalog, schema, has_points)
     timeseries = qualified_name(catalog, schema, "timeseries")
     # One aggregation pass over the hour's rows; the ordered step scan (a window function, the
@@ -182,7 +186,7 @@ def build_hourly_asset(settings: Settings) -> dg.AssetsDefinition:
             output_name(site, HOURLY_TABLE): {timeseries_key(site), points_key(site)} for site in sites
         },
     )
-    def timeseries_hourly(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse):
+    def timeseries_hourly(context: dg.AssetExecutionContext, warehouse: Warehouse):
         """The selected sites' hourly roll-ups for the run's hours, computed in DuckDB from
         `<site>.timeseries` and merged through the IO manager, one connection for all sites."""
         tw = context.partition_time_window

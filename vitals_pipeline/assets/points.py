@@ -19,7 +19,7 @@ from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage.names import schema_name
 from vitals_pipeline.storage.schema import POINTS_MERGE_KEYS
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.warehouse import Warehouse
 
 
 
@@ -44,7 +44,7 @@ def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name="points", outs=outs, can_subset=True, pool="duckdb")
     def points(
-        context: dg.AssetExecutionContext, ace: AceResource, warehouse: DuckDBWarehouse
+        context: dg.AssetExecutionContext, ace: AceResource, warehouse: Warehouse
     ) -> Iterator[dg.Output]:
         """The selected sites' configured points, fetched concurrently, stored site by site."""
         chosen = selected_sites(context, settings.sites, points_key)

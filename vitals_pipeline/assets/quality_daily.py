@@ -38,7 +38,8 @@ from vitals_pipeline.checks.rules import DOWN, FAULT, OK, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.duckdb_io import naive_utc
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.lens import need
+from vitals_pipeline.storage.warehouse import Warehouse
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.storage.schema import schema_name
 
@@ -82,6 +83,7 @@ def daily_rollup(
     if not table_exists(conn, schema, QUALITY_TABLE):
         raise LookupError(f"no table {schema}.{QUALITY_TABLE}")
     t = thresholds
+    need(conn, schema, QUALITY_TABLE, "window_start", naive_utc(start), naive_utc(end))
     quality = f"{_q(schema)}.{_q(QUALITY_TABLE)}"
     sql = f"""
         WITH day_rows AS (
@@ -175,7 +177,7 @@ def build_quality_daily_asset(settings: Settings, thresholds: QualityThresholds)
         deps=[timeseries_dep(site) for site in sites],  # a day depends on its 288 partitions
         internal_asset_deps={output_name(site, DAILY_TABLE): {timeseries_key(site)} for site in sites},
     )
-    def quality_daily(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse):
+    def quality_daily(context: dg.AssetExecutionContext, warehouse: Warehouse):
         """The selected sites' daily quality for the run's days, rolled up in DuckDB from each
         site's quality table, one connection for all sites."""
         tw = context.partition_time_window

@@ -45,7 +45,7 @@ from vitals_pipeline.storage.schema import (
     TIMESERIES_MERGE_KEYS,
     TIMESERIES_TIME_COLUMN,
 )
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.warehouse import Warehouse
 from vitals_pipeline.windows import Window
 
 # How often the step says how far it got while storing a big fleet.
@@ -140,7 +140,7 @@ def build_timeseries_asset(
         pool="duckdb",
     )
     def timeseries(
-        context: dg.AssetExecutionContext, ace: AceResource, warehouse: DuckDBWarehouse
+        context: dg.AssetExecutionContext, ace: AceResource, warehouse: Warehouse
     ) -> Iterator:
         """The selected sites' samples for the run's window (one partition, or a whole range in
         one run), fetched concurrently, stored site by site; failed sites fail their own
@@ -153,7 +153,7 @@ def build_timeseries_asset(
 def sync_timeseries(
     context: dg.AssetExecutionContext,
     ace: AceResource,
-    warehouse: DuckDBWarehouse,
+    warehouse: Warehouse,
     settings: Settings,
     quality: QualityThresholds,
     shard: list[str],

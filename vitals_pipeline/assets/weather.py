@@ -29,7 +29,7 @@ from vitals_pipeline.assets.keys import weather_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage.names import schema_name
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.warehouse import Warehouse
 
 WEATHER_TABLE = "weather"
 WEATHER_MERGE_KEYS = ("metric", "ts")
@@ -91,7 +91,7 @@ def build_weather_asset(settings: Settings) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name="weather", outs=outs, can_subset=True, pool="duckdb")
     def weather(
-        context: dg.AssetExecutionContext, ace: AceResource, warehouse: DuckDBWarehouse
+        context: dg.AssetExecutionContext, ace: AceResource, warehouse: Warehouse
     ) -> Iterator[dg.Output]:
         """The selected sites' current weather, fetched concurrently; sites without a feed are
         skipped, sites ACE refuses fail alone."""

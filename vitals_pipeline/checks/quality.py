@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 from vitals_pipeline.checks.rules import DOWN, FAULT, OK, POINT_RULES_SCHEMA, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.storage.duckdb_io import table_exists
+from vitals_pipeline.storage.lens import need
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.windows import PARTITION, Window, partition_key
 
@@ -178,6 +179,7 @@ def stored_rows(
         return None, None, 0
     table = f"{_q(schema)}.{_q('timeseries')}"
     start, end = naive(window.start), naive(window.end)
+    need(conn, schema, "timeseries", "ts", start - span, end)
     history = conn.sql(
         f"SELECT point, CAST((epoch_us(ts) - epoch_us($hstart)) // {_PARTITION_US} AS BIGINT) AS slot, "
         f"count(value) AS n_values, min(value) AS vmin, max(value) AS vmax, "

@@ -38,6 +38,7 @@ from vitals_pipeline.checks.catalog import CHECK_NAMES, CHECKS, CheckInfo  # noq
 from vitals_pipeline.checks.rules import completeness_verdict, point_rules
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.storage.duckdb_io import CompanionTable
+from vitals_pipeline.storage.lens import need
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.windows import Window
 
@@ -76,6 +77,7 @@ def load_points(conn: duckdb.DuckDBPyConnection, schema: str) -> pa.Table | None
     """The site's configured points as stored by `<site>/points`, or None if never materialized."""
     if not table_exists(conn, schema, "points"):
         return None
+    need(conn, schema, "points")
     return conn.sql(f"SELECT * FROM {_q(schema)}.{_q('points')}").to_arrow_table()
 
 
@@ -210,6 +212,7 @@ def verify_stored(
         return figures
     table = f"{_q(schema)}.{_q('timeseries')}"
     bounds = {"start": naive(window.start), "end": naive(window.end)}
+    need(conn, schema, "timeseries", "ts", bounds["start"], bounds["end"])
     future = naive(future_after)
     in_window = f"SELECT point, ts FROM {table} WHERE ts >= $start AND ts < $end"
 

@@ -31,6 +31,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vitals_pipeline.storage.lens import lens_of
 from vitals_pipeline.storage.schema import column_definitions, duckdb_type, qualified_name
 
 if TYPE_CHECKING:
@@ -210,7 +211,11 @@ def _reload_catalog(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def table_columns(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:
-    """Column name -> DuckDB type of `schema.table` in the current catalog; empty if missing."""
+    """Column name -> DuckDB type of `schema.table` in the current catalog; empty if missing.
+    (On a lens of the shared warehouse: that warehouse's table and its own type names.)"""
+    lens = lens_of(conn)
+    if lens is not None:
+        return lens.columns(schema, table)
     cached = _catalogs.get(id(conn))
     if cached is not None:
         return dict(cached.tables.get((schema, table), {}))
@@ -581,7 +586,15 @@ def store_slice(
     the window, and frame rows outside it are refused. New keys are inserted, changed rows updated,
     stored rows the frame lacks kept. Any error rolls the whole slice back, including one raised
     by a `companions` callable (see Companions).
+
+    On a lens of the shared warehouse (storage/lens.py) the same merge runs there, natively.
     """
+    lens = lens_of(conn)
+    if lens is not None:
+        return dict(lens.store(
+            schema=schema, table=table, rows=rows, merge_keys=merge_keys,
+            time_column=time_column, window=window, companions=companions,
+        ))
     if window is not None:
         window = (naive_utc(window[0]), naive_utc(window[1]))
     catalog = _current_catalog(conn)
@@ -648,6 +661,11 @@ def load_slice(
     window: Window | None = None,
 ) -> pa.Table:
     """The stored rows of `table` (in the window, when given) as Arrow, in no particular order."""
+    lens = lens_of(conn)
+    if lens is not None:
+        return lens.load_slice(
+            schema=schema, table=table, columns=columns, time_column=time_column, window=window
+        )
     target = _Target(_current_catalog(conn), schema, table)
     selected = ", ".join(_q(c) for c in columns) if columns else "*"
     if window is not None:

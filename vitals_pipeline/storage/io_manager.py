@@ -1,7 +1,8 @@
 """The IO manager: asset outputs merged into DuckDB over the run's window, inputs read back.
 
 A plain `dg.ConfigurableIOManager` around `store_slice` / `load_slice` (duckdb_io.py), holding the
-project's one `DuckDBWarehouse`. Where a frame lands comes from the asset:
+project's one `Warehouse` (the DuckDB file, or the shared PostgreSQL warehouse, whose connections
+are DuckDB lenses that send the merge to PostgreSQL: storage/lens.py). Where a frame lands comes from the asset:
 
 - schema: definition metadata `schema` (the site's schema), else the asset key's first part;
 - table: the asset key's last part;
@@ -33,7 +34,7 @@ from vitals_pipeline.storage.duckdb_io import (
     naive_utc,
     store_slice,
 )
-from vitals_pipeline.storage.warehouse import DuckDBWarehouse
+from vitals_pipeline.storage.warehouse import Warehouse
 
 
 def _metadata_value(metadata: Mapping[str, Any] | None, name: str) -> Any:
@@ -69,7 +70,7 @@ class VitalsDuckDBIOManager(dg.ConfigurableIOManager):
     changed ones updated. Inputs load as pyarrow.Table (pandas.DataFrame when annotated so).
     """
 
-    warehouse: DuckDBWarehouse
+    warehouse: Warehouse
 
     def store(
         self,

@@ -1,4 +1,10 @@
-"""The DuckDB file, configured once: the one object every asset and the IO manager open it with.
+"""The warehouse, configured once: the one object every asset and the IO manager open it with.
+
+`Warehouse` is what the assets and the IO manager rely on: `connect()` and `session()` give a
+DuckDB connection on which the pipeline's SQL runs. Two kinds exist, chosen in definitions.py:
+the DuckDB file (`DuckDBWarehouse`, the default, below) and the shared PostgreSQL warehouse
+(`PostgresWarehouse`, storage/postgres_warehouse.py), whose connections are DuckDB *lenses*
+(storage/lens.py).
 
 `DuckDBWarehouse(database=...)` is a Dagster resource. Assets that read take it as a resource
 (`warehouse: DuckDBWarehouse`); the IO manager holds the same object for its writes. Nothing else
@@ -13,6 +19,7 @@ session is kept only for as long as the run's storing lasts.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +39,22 @@ _sessions: dict[str, list] = {}
 _sessions_lock = threading.Lock()
 
 
-class DuckDBWarehouse(dg.ConfigurableResource):
+class Warehouse(dg.ConfigurableResource):
+    """Where every asset reads and writes (resource key `warehouse`): the DuckDB file or the shared
+    PostgreSQL warehouse. Subclasses give `connect()` and `session()`."""
+
+    def connect(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        raise NotImplementedError
+
+    def session(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where the data is, for people (no secret)."""
+        raise NotImplementedError
+
+
+class DuckDBWarehouse(Warehouse):
     """The DuckDB file of the pipeline (VITALS_DUCKDB_PATH): where every asset reads and writes."""
 
     database: str = Field(description="Path of the DuckDB file (VITALS_DUCKDB_PATH).")
@@ -42,6 +64,9 @@ class DuckDBWarehouse(dg.ConfigurableResource):
             "How long to keep retrying when another process holds the DuckDB file, before failing."
         ),
     )
+
+    def describe(self) -> str:
+        return f"DuckDB file {self.database}"
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         return connect_duckdb(self.database, lock_timeout_seconds=self.lock_timeout_seconds)
