@@ -4,6 +4,7 @@ the simulator's data faults (or, for the storage checks, by a store that misbeha
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -15,12 +16,14 @@ import pytest
 
 from vitals_pipeline.ace.parse import points_table
 from vitals_pipeline.assets.fleet import spread_slot
-from vitals_pipeline.assets.hourly import AUTOMATION_SENSOR
 from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key
 from vitals_pipeline.assets.quality_daily import quality_daily_key
 from vitals_pipeline.assets.timeseries import build_timeseries_asset
 from vitals_pipeline.checks import recording, specs
 from vitals_pipeline.checks.thresholds import QualityThresholds
+from vitals_pipeline.automation.jobs import FLEET_JOB
+from vitals_pipeline.automation.rollups import DAILY_JOB, ROLLUP_SENSOR
+from vitals_pipeline.automation.runs import TRIGGER_TAG
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline.resources import AceResource
@@ -489,26 +492,31 @@ def test_quality_daily_materializes_once_its_day_is_complete(sim, with_points, m
     # which keeps this test short; a full day's mapping is checked above.
     monkeypatch.setenv("VITALS_PARTITIONS_START", "2026-03-09-20:00")
     defs = build_definitions(Settings.from_env())
-    sensor = defs.resolve_sensor_def(AUTOMATION_SENSOR)
+    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     daily = quality_daily_key(SITE)
-    evaluated_at = datetime(2026, 3, 10, 0, 5, tzinfo=UTC)
+    cursor = json.dumps({"updated_after": 0, "seen": []})
 
-    def requested(cursor):
-        result = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(daily),
-            evaluation_time=evaluated_at, cursor=cursor,
-        )
-        return result, set(result.get_requested_partitions(daily))
+    def tick(first: str, last: str, trigger: str) -> set[str]:
+        """A fleet run over first...last, then the roll-up sensor: the days it asks for."""
+        nonlocal cursor
+        assert defs.resolve_job_def(FLEET_JOB).execute_in_process(
+            instance=instance, asset_selection=[timeseries_key(SITE)],
+            tags={**range_tags(first, last), TRIGGER_TAG: trigger}, run_config=QUIET,
+        ).success
+        with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor) as context:
+            result = sensor.evaluate_tick(context)
+        cursor = result.cursor
+        requests = [r for r in result.run_requests if r.job_name == DAILY_JOB]
+        assert all(daily in r.asset_selection for r in requests)
+        return {r.tags["dagster/asset_partition_range_start"] for r in requests}
 
-    result, asked = requested(None)
-    assert asked == set()
-    assert run([timeseries_key(SITE)], instance, tags=range_tags("2026-03-09-20:00", "2026-03-09-21:55")).success
-    result, asked = requested(result.cursor)
-    assert asked == set()  # half of it: the day waits
-    assert run([timeseries_key(SITE)], instance, tags=range_tags("2026-03-09-22:00", "2026-03-09-23:55")).success
-    result, asked = requested(result.cursor)
-    assert asked == {"2026-03-09"}
+    # Scheduled ticks: the day is complete when a tick's window starts with its last partition.
+    assert tick("2026-03-09-23:45", "2026-03-09-23:55", "schedule") == set()
+    assert tick("2026-03-09-23:50", "2026-03-10-00:00", "schedule") == set()
+    assert tick("2026-03-09-23:55", "2026-03-10-00:05", "schedule") == {"2026-03-09"}
+    # A catch-up that fills the rest of a day that is over asks for the day again.
+    assert tick("2026-03-09-20:00", "2026-03-09-23:40", "catchup") == {"2026-03-09"}
 
     assert run([daily], instance, partition_key="2026-03-09").success
     rows = query(
@@ -529,9 +537,5 @@ def test_quality_daily_materializes_once_its_day_is_complete(sim, with_points, m
     ).records[0]
     assert record.asset_materialization.metadata["completeness_pct"].value == 100.0
     assert record.asset_materialization.metadata["points"].value == len(sim.points(SITE))
-    result, asked = requested(result.cursor)
-    assert asked == set()  # rolled up: nothing to do
-    # Re-fetching one of its partitions (late samples) makes the day due again.
-    assert run([timeseries_key(SITE)], instance, partition_key="2026-03-09-23:55").success
-    result, asked = requested(result.cursor)
-    assert asked == {"2026-03-09"}
+    # Re-fetching one of its partitions later (late samples) makes the day due again.
+    assert tick("2026-03-09-21:10", "2026-03-09-21:10", "manual") == {"2026-03-09"}

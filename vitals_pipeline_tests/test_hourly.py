@@ -1,6 +1,7 @@
 """`<site>/timeseries_hourly`: the SQL on hand-made samples, then real runs on simulator data and
-the declarative automation that re-runs an hour when its 5-minute partitions change."""
+the roll-up sensor that re-runs an hour when its 5-minute partitions change."""
 
+import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
@@ -10,16 +11,18 @@ import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
 from vitals_pipeline.assets.hourly import (
-    AUTOMATION_SENSOR,
     HOURLY_SCHEMA,
     complete_hours,
     hourly_key,
     hourly_rollup,
 )
 from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key
+from vitals_pipeline.automation.jobs import FLEET_JOB
+from vitals_pipeline.automation.rollups import DAILY_JOB, HOURLY_JOB, ROLLUP_SENSOR
+from vitals_pipeline.automation.runs import TRIGGER_TAG
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
-from vitals_pipeline_tests.helpers import run_assets, step_failures
+from vitals_pipeline_tests.helpers import QUIET, run_assets, step_failures
 from vitals_pipeline_tests.conftest import SITE, simulator
 
 T0 = datetime(2026, 3, 9, 10, 0)  # naive UTC, as stored
@@ -232,60 +235,61 @@ def test_without_stored_samples_it_fails_saying_what_to_do(pipeline_env):
 # -- automation ---------------------------------------------------------------------------------
 
 
-def test_automation_waits_for_the_complete_hour_and_reacts_to_late_refetches(sim, pipeline_env):
-    """The hourly condition, evaluated tick by tick against real runs: an hour is requested once
-    its twelve 5-minute partitions are stored, not before, once, and again when one of them is
-    re-materialized long after (eager() alone would ignore an hour that is no longer the latest)."""
+def test_a_late_refetch_of_a_past_hour_rolls_that_hour_up_again(sim, pipeline_env):
+    """The roll-up sensor, against real runs of the fleet job: a manual run of one 5-minute
+    partition of an hour that is long over asks for that hour's roll-up (once), and the roll-up
+    then counts the re-fetched samples."""
     instance = dg.DagsterInstance.ephemeral()
     defs = build_definitions(Settings.from_env())
-    selection = dg.AssetSelection.assets(hourly_key(SITE))
-    cursor = None
+    fleet_job = defs.resolve_job_def(FLEET_JOB)
+    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
+    cursor = json.dumps({"updated_after": 0, "seen": []})
 
-    def tick(at: datetime) -> set[str]:
+    def tick() -> list[dg.RunRequest]:
         nonlocal cursor
-        result = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, evaluation_time=at, cursor=cursor
-        )
+        with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor) as context:
+            result = sensor.evaluate_tick(context)
         cursor = result.cursor
-        return set(result.get_requested_partitions(hourly_key(SITE)))
+        return [r for r in result.run_requests if r.job_name == HOURLY_JOB]
 
-    day = datetime(2026, 3, 9, tzinfo=UTC)
-    assert tick(day.replace(hour=10, minute=50)) == set()
-    assert run(
-        [timeseries_key(SITE)], instance=instance, tags=range_tags("2026-03-09-10:00", "2026-03-09-10:50")
+    assert run([points_key(SITE)], instance=instance).success
+    refetch = fleet_job.execute_in_process(
+        instance=instance, asset_selection=[timeseries_key(SITE)],
+        tags={**range_tags("2026-03-09-10:20", "2026-03-09-10:20"), TRIGGER_TAG: "manual"}, run_config=QUIET,
+    )
+    assert refetch.success
+    [request] = tick()
+    assert request.asset_selection == [hourly_key(SITE)]
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == ("2026-03-09-10:00", "2026-03-09-10:00")
+    assert tick() == [], "asked once"
+    assert defs.resolve_job_def(HOURLY_JOB).execute_in_process(
+        instance=instance, asset_selection=request.asset_selection, tags=request.tags, run_config=QUIET,
     ).success
-    assert tick(day.replace(hour=11, minute=0, second=30)) == set(), "10:55 is not stored yet"
-    assert run([timeseries_key(SITE)], instance=instance, partition_key="2026-03-09-10:55").success
-    assert tick(day.replace(hour=11, minute=1, second=30)) == {"2026-03-09-10:00"}
-    assert tick(day.replace(hour=11, minute=2)) == set(), "requested once"
-    assert run([hourly_key(SITE)], instance=instance, partition_key="2026-03-09-10:00").success
-    assert tick(day.replace(hour=11, minute=3)) == set()
-    # A late re-fetch of one 5-minute partition of an hour that is no longer the latest.
-    assert run([timeseries_key(SITE)], instance=instance, partition_key="2026-03-09-10:20").success
-    assert tick(day.replace(hour=12, minute=30, second=30)) == {"2026-03-09-10:00"}
-    assert tick(day.replace(hour=12, minute=31)) == set()
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        [(samples,)] = con.execute(f"SELECT sum(samples) FROM {SITE}.timeseries_hourly").fetchall()
+    assert samples == len(sim.ground_truth(SITE, datetime(2026, 3, 9, 10, 20, tzinfo=UTC),
+                                            datetime(2026, 3, 9, 10, 25, tzinfo=UTC))) > 0
 
 
-def test_the_automation_sensor_runs_by_default_and_targets_every_site(pipeline_env, monkeypatch):
+def test_the_rollup_sensor_runs_by_default_and_targets_every_site(pipeline_env, monkeypatch):
     monkeypatch.setenv("ACE_SITES", f"{SITE},other_site")
     monkeypatch.delenv("VITALS_CHECKS")  # the default: quality on, so quality_daily exists too
     defs = build_definitions(Settings.from_env())
-    [sensor] = [s for s in defs.sensors if s.name == AUTOMATION_SENSOR]
-    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    targeted = sensor.asset_selection.resolve(defs.resolve_asset_graph())
-    # Only the derived assets: weather and points are steps of the schedule's tick run (no
-    # automation condition), the timeseries the schedule's and catch-up sensor's.
-    assert targeted == {
-        dg.AssetKey([site, name])
-        for site in (SITE, "other_site")
-        for name in ("timeseries_hourly", "archive", "quality_daily")
+    graph = defs.resolve_asset_graph()
+    targeted = {
+        name: set(defs.resolve_job_def(name).asset_layer.selected_asset_keys) for name in (HOURLY_JOB, DAILY_JOB)
     }
-    assert sensor.minimum_interval_seconds == 180
-    for site in (SITE, "other_site"):
-        for name in ("weather", "points", "timeseries"):
-            key = dg.AssetKey([site, name])
-            assert defs.resolve_assets_def(key).specs_by_key[key].automation_condition is None, key
+    assert targeted == {
+        HOURLY_JOB: {hourly_key(site) for site in (SITE, "other_site")},
+        DAILY_JOB: {dg.AssetKey([site, name]) for site in (SITE, "other_site") for name in ("archive", "quality_daily")},
+    }
+    # No asset is driven by declarative automation: the schedule, the catch-up and this sensor
+    # decide every run (its evaluations cost the daemon too much at hundreds of sites).
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).automation_condition is None, key.to_user_string()
 
 
 def test_complete_hours_of_a_loaded_window():

@@ -35,21 +35,25 @@ def at(text: str) -> datetime:
 
 
 @pytest.mark.parametrize(
-    ("first", "last", "scheduled", "hours"),
+    ("first", "last", "scheduled", "ended", "hours"),
     [
         # A tick's window starting with the hour's last partition completes that hour ...
-        ("2026-03-10-10:55", "2026-03-10-11:05", True, ["2026-03-10-10:00"]),
+        ("2026-03-10-10:55", "2026-03-10-11:05", True, "2026-03-10-11:06", ["2026-03-10-10:00"]),
         # ... the ticks before it (still re-fetching the hour's end) complete nothing.
-        ("2026-03-10-10:50", "2026-03-10-11:00", True, []),
-        ("2026-03-10-10:45", "2026-03-10-10:55", True, []),
-        # Any other run: every hour that ends within its window.
-        ("2026-03-10-09:00", "2026-03-10-10:55", False, ["2026-03-10-09:00", "2026-03-10-10:00"]),
-        ("2026-03-10-09:30", "2026-03-10-10:20", False, ["2026-03-10-09:00"]),
-        ("2026-03-10-09:30", "2026-03-10-09:40", False, []),
+        ("2026-03-10-10:50", "2026-03-10-11:00", True, "2026-03-10-11:06", []),
+        ("2026-03-10-10:45", "2026-03-10-10:55", True, "2026-03-10-11:01", []),
+        # Any other run: every hour its window overlaps that was over when the run ended ...
+        ("2026-03-10-09:00", "2026-03-10-10:55", False, "2026-03-10-11:01", ["2026-03-10-09:00", "2026-03-10-10:00"]),
+        ("2026-03-10-09:30", "2026-03-10-10:20", False, "2026-03-10-10:26", ["2026-03-10-09:00"]),
+        ("2026-03-10-09:30", "2026-03-10-09:40", False, "2026-03-10-09:46", []),
+        # ... a late re-fetch of one partition of a past hour rolls that hour up again ...
+        ("2026-03-10-10:20", "2026-03-10-10:20", False, "2026-03-10-12:30", ["2026-03-10-10:00"]),
+        # ... and a catch-up up to now leaves the hour under way to the tick that completes it.
+        ("2026-03-10-10:00", "2026-03-10-10:50", False, "2026-03-10-10:57", []),
     ],
 )
-def test_the_hours_a_run_completes(first, last, scheduled, hours):
-    found = completed_periods(window_for_keys(first, last), scheduled, HOUR)
+def test_the_hours_a_run_completes(first, last, scheduled, ended, hours):
+    found = completed_periods(window_for_keys(first, last), scheduled, HOUR, at(ended))
     assert [h.strftime("%Y-%m-%d-%H:%M") for h in found] == hours
 
 
@@ -98,8 +102,10 @@ def test_a_tick_that_completes_an_hour_rolls_it_up_for_the_sites_it_stored(fleet
     defs, instance, database = fleet
     run(defs, instance, FLEET_JOB, first="2026-03-10-10:00", last="2026-03-10-10:50", trigger="catchup")
     plan, cursor = plan_rollups(instance, None, datetime.now(UTC).timestamp())
-    # The catch-up window [10:00, 10:55) ends before the hour does: nothing complete yet.
-    assert not plan.hours and not plan.days
+    # The catch-up over [10:00, 10:55) of a past hour rolls it up for what it has (the hour was
+    # over when the run ended); the tick that re-fetches 10:55 rolls it up again, complete.
+    assert {h: sorted(s) for h, s in plan.hours.items()} == {at("2026-03-10-10:00"): ["north", "south"]}
+    assert {d: sorted(s) for d, s in plan.days.items()} == {at("2026-03-10-00:00"): ["north", "south"]}
     tick = run(defs, instance, FLEET_JOB, first="2026-03-10-10:55", last="2026-03-10-11:05")
     assert not tick.success  # the broken site fails; the others are stored
 
@@ -130,7 +136,7 @@ def test_a_catchup_run_rolls_up_every_hour_it_completed(fleet):
     run(defs, instance, FLEET_JOB, first="2026-03-10-09:00", last="2026-03-10-10:55", trigger="catchup")
     plan, _ = plan_rollups(instance, None, datetime.now(UTC).timestamp())
     requests = plan.requests({"north": "north", "south": "south"}, (), marker="0")
-    [request] = requests  # two consecutive hours, the same sites: one run
+    [request] = [r for r in requests if r.job_name == HOURLY_JOB]  # consecutive hours, same sites: one run
     assert (request.tags["dagster/asset_partition_range_start"],
             request.tags["dagster/asset_partition_range_end"]) == ("2026-03-10-09:00", "2026-03-10-10:00")
 

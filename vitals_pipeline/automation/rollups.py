@@ -8,7 +8,8 @@ run other than the schedule's re-fetched some of them (catch-up, backfill, a man
   partition (the lookback re-fetches the newer ones): the run whose window starts with an hour's
   last partition (hh:55) completes that hour, the one starting with a day's last partition
   (23:55) completes that day;
-- any other run completes every hour and day that end within its window;
+- any other run completes every hour and day its window overlaps that was over when it ended
+  (a late re-fetch of one partition of a past hour rolls that hour up again);
 - the sites rolled up are the run's sites that it stored (a site the run failed is not; its
   catch-up run brings it).
 
@@ -47,16 +48,22 @@ RUNS_PER_TICK = 50
 FIRST_LOOK_BACK = timedelta(minutes=15)
 
 
-def completed_periods(window: Window, scheduled: bool, period: timedelta) -> list[datetime]:
-    """The starts of the periods (hours, days; UTC) a run over `window` completes (see module)."""
+def completed_periods(
+    window: Window, scheduled: bool, period: timedelta, ended_at: datetime | None = None
+) -> list[datetime]:
+    """The starts of the periods (hours, days; UTC) a run over `window` that ended at `ended_at`
+    completes (see module)."""
     seconds = period.total_seconds()
     if scheduled:
         end = window.start + PARTITION
         return [end - period] if end.timestamp() % seconds == 0 else []
-    # Every period that overlaps the window and ends within it.
+    # Every period the window overlaps that was over when the run ended: a late re-fetch of one
+    # partition of a past hour rolls that hour up again; the hour still under way is left to
+    # the tick that re-fetches its end.
+    over_by = max(window.end, ended_at or window.end)
     start = datetime.fromtimestamp(window.start.timestamp() // seconds * seconds, UTC)
     periods = []
-    while start + period <= window.end:
+    while start < window.end and start + period <= over_by:
         periods.append(start)
         start += period
     return periods
@@ -67,13 +74,15 @@ class RollupPlan:
     hours: dict[datetime, set[str]] = field(default_factory=lambda: defaultdict(set))  # hour -> sites
     days: dict[datetime, set[str]] = field(default_factory=lambda: defaultdict(set))
 
-    def add_run(self, window: Window, scheduled: bool, sites: Iterable[str]) -> None:
+    def add_run(
+        self, window: Window, scheduled: bool, sites: Iterable[str], ended_at: datetime | None = None
+    ) -> None:
         sites = set(sites)
         if not sites:
             return
-        for hour in completed_periods(window, scheduled, HOUR):
+        for hour in completed_periods(window, scheduled, HOUR, ended_at):
             self.hours[hour] |= sites
-        for day in completed_periods(window, scheduled, DAY):
+        for day in completed_periods(window, scheduled, DAY, ended_at):
             self.days[day] |= sites
 
     def requests(self, site_names: Mapping[str, str], daily: tuple, marker: str) -> list[dg.RunRequest]:
@@ -153,7 +162,8 @@ def plan_rollups(instance: dg.DagsterInstance, cursor: str | None, now: float) -
                     name.split("/")[0] for name, error in outcomes.items()
                     if error is None and name.endswith("/timeseries")
                 ]
-                plan.add_run(window, run.tags.get(TRIGGER_TAG) == "schedule", stored)
+                ended_at = datetime.fromtimestamp(record.end_time or updated, UTC)
+                plan.add_run(window, run.tags.get(TRIGGER_TAG) == "schedule", stored, ended_at)
         if updated > state["updated_after"]:
             state["updated_after"], state["seen"] = updated, []
         state["seen"].append(run.run_id)
