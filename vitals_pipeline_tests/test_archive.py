@@ -187,38 +187,6 @@ def test_archive_partitions_are_utc_days_from_the_partitions_start(pipeline_env,
     assert (window.start, window.end - window.start) == (datetime(2026, 3, 2, tzinfo=UTC), timedelta(days=1))
 
 
-def test_automation_exports_a_day_once_all_its_partitions_are_stored(pipeline_env):
-    """The archive's condition, tick by tick (timeseries materializations reported, not fetched:
-    the export itself is covered by the real runs above)."""
-    defs = build_definitions(Settings.from_env())
-    instance = dg.DagsterInstance.ephemeral()
-    selection = dg.AssetSelection.assets(archive_key(SITE))
-    cursor = None
-
-    def tick(at):
-        nonlocal cursor
-        result = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, evaluation_time=at, cursor=cursor
-        )
-        cursor = result.cursor
-        return set(result.get_requested_partitions(archive_key(SITE)))
-
-    def stored(*keys):
-        for key in keys:
-            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=timeseries_key(SITE), partition=key))
-
-    day = datetime(2026, 3, 9, tzinfo=UTC)
-    keys = [f"{day + timedelta(minutes=5 * i):%Y-%m-%d-%H:%M}" for i in range(288)]
-    assert tick(day + timedelta(hours=23)) == set()
-    stored(*keys[:-1])
-    assert tick(day + timedelta(days=1, seconds=30)) == set(), "23:55 is not stored yet"
-    stored(keys[-1])
-    assert tick(day + timedelta(days=1, seconds=90)) == {DAY}
-    assert tick(day + timedelta(days=1, seconds=120)) == set()
-    stored(keys[100])  # a late re-fetch, days later
-    assert tick(day + timedelta(days=3)) == {DAY}
-
-
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
