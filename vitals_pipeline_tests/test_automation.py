@@ -20,7 +20,7 @@ from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from dagster._core.scheduler.instigation import TickStatus
 
-from vitals_pipeline.assets.keys import five_minute_partitions, range_tags, timeseries_key
+from vitals_pipeline.assets.keys import REFRESH_POINTS_TAG, five_minute_partitions, range_tags, timeseries_key
 from vitals_pipeline.automation import sensors
 from vitals_pipeline.automation.alerts import (
     ALERT_SENSOR_NAME,
@@ -291,22 +291,24 @@ def evaluate_schedule(defs, moment: datetime):
 
 
 @pytest.mark.parametrize(
-    ("tick", "first", "last", "also"),
+    ("tick", "first", "last", "also", "refresh_points"),
     [
         # The window closing on the quarter hour also refreshes the weather (every 15 minutes),
-        # the one closing at :05 the points (hourly); the others fetch the samples only.
-        ("10:01", "2026-03-09-09:45", "2026-03-09-09:55", ["weather"]),
-        ("10:06", "2026-03-09-09:50", "2026-03-09-10:00", ["points"]),
-        ("23:56", "2026-03-09-23:40", "2026-03-09-23:50", []),
+        # the one closing at :05 the points (hourly, in the timeseries step: the run's tag);
+        # the others fetch the samples only.
+        ("10:01", "2026-03-09-09:45", "2026-03-09-09:55", ["weather"], False),
+        ("10:06", "2026-03-09-09:50", "2026-03-09-10:00", [], True),
+        ("23:56", "2026-03-09-23:40", "2026-03-09-23:50", [], False),
     ],
 )
-def test_schedule_tick_requests_one_range_run(pipeline_env, tick, first, last, also):
+def test_schedule_tick_requests_one_range_run(pipeline_env, tick, first, last, also, refresh_points):
     defs = defs_from_env()
     data = evaluate_schedule(defs, at(tick))
     [request] = data.run_requests
     assert request.asset_selection == [timeseries_key(SITE)] + [
         dg.AssetKey([SITE, name]) for name in also
     ]
+    assert (request.tags.get(REFRESH_POINTS_TAG) == "true") is refresh_points
     assert request.asset_check_keys == []  # checks recorded by the run when they change
     assert request.tags[TRIGGER_TAG] == "schedule"
     assert request.tags["dagster/asset_partition_range_start"] == first

@@ -11,7 +11,13 @@ import duckdb
 import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SiteSpec
-from vitals_pipeline.assets.keys import five_minute_partitions, points_key, timeseries_key, weather_key
+from vitals_pipeline.assets.keys import (
+    REFRESH_POINTS_TAG,
+    five_minute_partitions,
+    points_key,
+    timeseries_key,
+    weather_key,
+)
 from vitals_pipeline.automation.fleet_status import FLEET_STATUS_KEY
 from vitals_pipeline.automation.jobs import FLEET_JOB
 from vitals_pipeline.automation.schedules import SCHEDULE_NAME, plan_tick
@@ -104,41 +110,76 @@ def test_a_failing_site_does_not_stop_another_sites_points_in_one_run(sim, pipel
     assert names == {p["name"] for p in sim.points(SITE)}
 
 
-def test_the_hourly_points_tick_still_stores_every_other_sites_samples(sim, pipeline_env, monkeypatch):
-    """The tick whose window closes at :05 refreshes the points in the same run as the samples. A
-    site ACE refuses fails the points step; that must not stop the timeseries step (which it
-    would if the step waited on the points step): the other site's samples are stored and its
-    partitions MATERIALIZED, the refused site named alone in each step's failure."""
+def test_the_hourly_tick_refreshes_the_points_in_each_sites_fetch(sim, pipeline_env, monkeypatch):
+    """The tick whose window closes at :05 refreshes the points, in the timeseries step itself
+    (the run's tag; no points step that could hold every site back): the site ACE refuses fails
+    alone, named in the step's failure; the other's points are stored and materialized, its
+    samples stored and its partitions MATERIALIZED."""
     monkeypatch.setenv("ACE_SITES", f"{GHOST},{SITE}")
     settings = Settings.from_env()
     defs = build_definitions(settings)
     [request] = plan_tick(datetime(2026, 3, 10, 11, 6, tzinfo=UTC), settings.sites, set(), settings)
-    assert sorted(request.asset_selection) == sorted(
-        key(site) for site in (GHOST, SITE) for key in (timeseries_key, points_key)
-    )
+    assert sorted(request.asset_selection) == sorted(timeseries_key(site) for site in (GHOST, SITE))
+    assert request.tags[REFRESH_POINTS_TAG] == "true"
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def(FLEET_JOB).execute_in_process(
         instance=instance, asset_selection=request.asset_selection, tags=request.tags,
         run_config=QUIET, raise_on_error=False,
     )
     assert not result.success
-    started = {e.step_key for e in result.all_events if e.is_step_start}
-    assert started == {"points", "timeseries"}, "the timeseries step must run although the points step failed"
-    for failure in (e for e in result.all_events if e.is_step_failure):
-        listed = failure.event_specific_data.user_failure_data.metadata["failed_sites"].value
-        assert [entry["site"] for entry in listed] == [GHOST], failure.step_key
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    listed = failure.event_specific_data.user_failure_data.metadata["failed_sites"].value
+    assert [entry["site"] for entry in listed] == [GHOST]
+    refreshed = [
+        e.event_specific_data.materialization for e in result.all_events
+        if e.is_step_materialization and e.asset_key == points_key(SITE)
+    ]
+    assert len(refreshed) == 1 and refreshed[0].metadata["points"].value == len(sim.points(SITE))
+    assert refreshed[0].metadata["loaded_by"].value == "hourly refresh of the scheduled run"
     first = request.tags["dagster/asset_partition_range_start"]
     last = request.tags["dagster/asset_partition_range_end"]
-    keys = window_for_keys(first, last).partition_keys()
-    partitions = five_minute_partitions(settings)
-    status = instance.get_status_by_partition(timeseries_key(SITE), keys, partitions)
-    assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}, status
     window = window_for_keys(first, last)
+    partitions = five_minute_partitions(settings)
+    status = instance.get_status_by_partition(timeseries_key(SITE), window.partition_keys(), partitions)
+    assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}, status
     with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
         stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchall()[0][0]
         points = con.execute(f"SELECT count(*) FROM {SITE}.points").fetchall()[0][0]
     assert stored == len(sim.ground_truth(SITE, window.start, window.end)) > 0
     assert points == len(sim.points(SITE))
+
+
+def test_a_failed_points_refresh_keeps_the_stored_points_and_stores_the_samples(sim, pipeline_env, monkeypatch):
+    """ACE fails the hourly points request of a site whose points are stored: the site's samples
+    are stored and judged with the points it has, the run succeeds, and the log says so."""
+    monkeypatch.setenv("VITALS_CHECKS", "on")
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def(FLEET_JOB)
+    assert job.execute_in_process(instance=instance, asset_selection=[points_key(SITE)], run_config=QUIET).success
+    [request] = plan_tick(datetime(2026, 3, 10, 11, 6, tzinfo=UTC), settings.sites, set(), settings)
+    sim.faults.script = ["badkey", "badkey"]  # the first requests of the run: the points', twice
+    result = job.execute_in_process(
+        instance=instance, asset_selection=request.asset_selection, tags=request.tags, run_config=QUIET,
+    )
+    assert result.success
+    assert not sim.faults.script, "the points request was refused"
+    warnings = [e.message for e in instance.all_logs(result.run_id) if e.level >= 30]
+    assert any("points refresh failed" in w and SITE in w for w in warnings), warnings
+    assert not [e for e in result.all_events if e.is_step_materialization and e.asset_key == points_key(SITE)]
+    window = window_for_keys(request.tags["dagster/asset_partition_range_start"],
+                             request.tags["dagster/asset_partition_range_end"])
+    with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+        stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchall()[0][0]
+        points = con.execute(f"SELECT count(*) FROM {SITE}.points").fetchall()[0][0]
+        unknown = con.execute(
+            f"SELECT count(DISTINCT point) FROM {SITE}.quality WHERE expected IS NULL"
+        ).fetchall()[0][0]
+    assert stored == len(sim.ground_truth(SITE, window.start, window.end)) > 0
+    assert points == len(sim.points(SITE))
+    # Judged with the stored points: only the points ACE gives no interval have no expectation.
+    assert unknown == sum(1 for p in sim.points(SITE) if not p["collect_interval"])
 
 
 @pytest.mark.parametrize(

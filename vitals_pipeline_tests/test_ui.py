@@ -36,13 +36,14 @@ CHECK_NAMES = [
 ]
 
 
-# The fleet's automation: one schedule, the catch-up, alert and automation-condition sensors,
+# The fleet's automation: one schedule, the catch-up, roll-up, alert and fleet-status sensors,
 # and the daily retention schedule.
 FLEET_INSTIGATORS = [
     "fleet_timeseries_schedule",
     "fleet_catchup",
-    "fleet_automation",
+    "fleet_rollups",
     "vitals_site_alerts",
+    "vitals_fleet_status",
     "vitals_prune_schedule",
 ]
 # Schedules that tick once a day (03:17 UTC): on, but not expected to tick during the walk.
@@ -166,12 +167,13 @@ def test_operator_walk(walk, subtests):
         walk.note(f"step 3: partitions after the launch: {after}")
         print(f"UI-launched run {run.run_id}: created -> success {run.ended - run.created:.1f} s")
 
-    with subtests.test("3 the UI-launched run is about the site alone"):
-        # Runs span many sites now and carry no site tag: the alerts and `vitals status` tell a
-        # run's sites by its asset selection, which must name this site's timeseries only.
+    with subtests.test("3 the UI-launched run is about the site alone, with its tag"):
+        # A fleet run covers many sites; a run of one site carries the site's tag, so filtering
+        # the runs list by `vitals/site` finds it as it found the old per-site runs.
         assert run is not None, "step 3 launched no run"
-        walk.note(f"step 3: asset selection of the UI-launched run: {run.assets}")
+        walk.note(f"step 3: asset selection of the UI-launched run: {run.assets}; tags {run.tags}")
         assert run.assets == [f"{site}/timeseries"], run.assets
+        assert run.tags.get("vitals/site") == site, run.tags
 
     check = "no_duplicate_samples"
     with subtests.test("4 the site's 8 checks with results"), walk.step("4-checks"):

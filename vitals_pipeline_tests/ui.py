@@ -76,7 +76,7 @@ class Plan:
     (VITALS_CATCHUP_HOURS=1) has nothing to launch while the walk reads the counts; the schedule
     still ticks and stores each new partition (one run for both sites, which also fetches their
     weather on the quarter hours and their points at :05: neither changes the timeseries'
-    counts). The fleet_automation sensor may roll up the complete hours meanwhile, in runs of
+    counts). The fleet_rollups sensor may roll up the complete hours meanwhile, in runs of
     their own.
     """
 

@@ -84,6 +84,10 @@ def timeseries_dep(site: str) -> dg.AssetDep:
 
 # Set on the runs of `vitals backfill` (one long-lived process, one run after another).
 BACKFILL_TAG = "vitals/backfill"
+# Set on the hourly tick's run: its timeseries step refreshes every site's points first, in the
+# site's own fetch (a points step in the same run would hold every site's samples back when
+# one site's points fail: Dagster skips a step whose upstream output is missing).
+REFRESH_POINTS_TAG = "vitals/refresh_points"
 
 
 def range_tags(first_key: str, last_key: str) -> dict[str, str]:

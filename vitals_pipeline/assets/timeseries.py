@@ -8,6 +8,7 @@ own partitions; the others are stored. Thin Dagster code: fetching is `ace.clien
 `ace.parse`, window rules `samples`, quality `checks`, storing the IO manager.
 """
 
+import enum
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,13 @@ from vitals_pipeline.assets.fleet import (
     selected_sites,
     spread_slot,
 )
-from vitals_pipeline.assets.keys import BACKFILL_TAG, five_minute_partitions, points_key, timeseries_key
+from vitals_pipeline.assets.keys import (
+    BACKFILL_TAG,
+    REFRESH_POINTS_TAG,
+    five_minute_partitions,
+    points_key,
+    timeseries_key,
+)
 from vitals_pipeline.automation.runs import SITE_TAG
 from vitals_pipeline.checks import recording
 from vitals_pipeline.checks import specs as quality_checks
@@ -60,7 +67,9 @@ class SiteSamples:
     result: CleanResult
     future_rows: int
     stats: FetchStats
-    points: pa.Table | None = None  # fetched because the site had none stored yet
+    points: pa.Table | None = None  # fetched first (see PointsNeed)
+    points_reason: str = "none"
+    points_error: str | None = None  # the hourly refresh failed: the stored points stay
     inputs: quality_checks.QualityInputs | None = None  # what judging the window reads
 
 
@@ -134,9 +143,11 @@ def build_timeseries_asset(
         backfill_policy=dg.BackfillPolicy.single_run(),
         can_subset=True,
         check_specs=check_specs,
-        # No dependency on `<site>/points`, although the checks read them: the hourly tick runs
-        # the points step in the same run, and a step dependency would make one site's points
-        # failure skip every site's samples. A site without points loads them itself (below).
+        # The checks read each site's points (units, intervals). The hourly tick refreshes them
+        # in this step (REFRESH_POINTS_TAG), not in a points step of the same run: Dagster would
+        # skip this whole step when one site's points failed.
+        deps=[points_key(site) for site in sites],
+        internal_asset_deps={output_name(site, "timeseries"): {points_key(site)} for site in sites},
         pool="duckdb",
     )
     def timeseries(
@@ -176,7 +187,8 @@ def sync_timeseries(
 
     def fetch(site: str, deadline: float) -> SiteSamples:
         fetched = fetch_site_window(
-            ace_session, site, window, quality, deadline, with_points=site in without_points
+            ace_session, site, window, quality, deadline,
+            points=PointsNeed.MISSING if site in without_points else refresh_points,
         )
         if quality.enabled:
             # Read in this fetch thread, on a cursor of the run's DuckDB session (DuckDB reads a
@@ -196,10 +208,14 @@ def sync_timeseries(
     with ace.session(max_in_flight=concurrency) as ace_session, warehouse.session() as conn, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality") as judging:
         # A site whose points were never loaded gets them in this run, first: the checks need
-        # their units and intervals (else every expectation is unknown).
+        # their units and intervals (else every expectation is unknown). The hourly tick
+        # refreshes every site's.
         without_points = {
             site for site in sites if quality.enabled and not table_exists(conn, schema_name(site), "points")
         }
+        refresh_points = (
+            PointsNeed.REFRESH if context.run.tags.get(REFRESH_POINTS_TAG) == "true" else PointsNeed.NONE
+        )
         fetched = fetch_sites(
             sites, fetch, concurrency=concurrency, budget_seconds=budget,
             describe_error=describe,
@@ -229,12 +245,26 @@ def sync_timeseries(
     failures.raise_if_any(len(sites))
 
 
+class PointsNeed(enum.Enum):
+    """Whether a site's fetch loads its configured points first."""
+
+    NONE = "none"
+    MISSING = "missing"  # none stored: the checks cannot judge without them, the site fails
+    REFRESH = "refresh"  # the hourly refresh: on failure the stored ones stay, the samples go on
+
+
+LOADED_BY = {
+    PointsNeed.MISSING.value: "timeseries run (no points stored yet)",
+    PointsNeed.REFRESH.value: "hourly refresh of the scheduled run",
+}
+
+
 def fetch_site_window(
     session: AceSession, site: str, window: Window, quality: QualityThresholds, deadline: float,
-    *, with_points: bool = False,
+    *, points: PointsNeed = PointsNeed.NONE,
 ) -> SiteSamples:
-    """One site's samples for `window`, cleaned (runs in a fetch thread); with `with_points` its
-    configured points too."""
+    """One site's samples for `window`, cleaned (runs in a fetch thread); its configured points
+    first when `points` says so."""
     stats = FetchStats()
 
     def clean_piece(batches: list, lo: datetime, hi: datetime) -> tuple[CleanResult, int]:
@@ -250,13 +280,21 @@ def fetch_site_window(
         return clean_window(fetched, Window(lo, hi), run_window=window), future
 
     with session.client(deadline=deadline) as client:
-        points = points_table(client.configured_points(site), datetime.now(UTC)) if with_points else None
+        loaded, points_error = None, None
+        if points is not PointsNeed.NONE:
+            try:
+                loaded = points_table(client.configured_points(site), datetime.now(UTC))
+            except AceError as exc:
+                if points is PointsNeed.MISSING:
+                    raise
+                points_error = str(exc)
         pieces = client.fetch_pieces(
             site, window.start, window.end, to_sample_batch, clean_piece, stats
         )
     result = merge_clean_results([piece for piece, _ in pieces])
     return SiteSamples(
-        result=result, future_rows=sum(f for _, f in pieces), stats=stats, points=points
+        result=result, future_rows=sum(f for _, f in pieces), stats=stats,
+        points=loaded, points_reason=points.value, points_error=points_error,
     )
 
 
@@ -289,15 +327,22 @@ def _store_site(
                     entry["completeness_pct"] = completeness
             context.add_asset_metadata(entry, asset_key=key, partition_key=pkey)
 
+    if fetched.points_error is not None:
+        context.log.warning(
+            f"site {site!r}: the hourly points refresh failed, its stored points stay: {fetched.points_error}"
+        )
     if fetched.points is not None:
-        # The points this run loaded first (the site had none): stored as the points asset
-        # stores them, and recorded as a materialization of `<site>/points`. Written here, not
-        # by the IO manager, because this step's outputs are the sites' timeseries.
+        # The points this run loaded first (none stored yet, or the hourly refresh): stored as
+        # the points asset stores them, and recorded as a materialization of `<site>/points`.
+        # Written here, not by the IO manager, because this step's outputs are the timeseries.
         store_slice(conn, schema=slug, table=POINTS_TABLE, rows=fetched.points,
                     merge_keys=POINTS_MERGE_KEYS)
         context.log_event(dg.AssetMaterialization(
             asset_key=points_key(site),
-            metadata={"points": fetched.points.num_rows, "loaded_by": "timeseries run (no points stored yet)"},
+            metadata={
+                "points": fetched.points.num_rows,
+                "loaded_by": LOADED_BY[fetched.points_reason],
+            },
         ))
     if checks is None:
         add_partition_metadata(None)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from vitals_pipeline.assets.keys import points_key, range_tags, timeseries_key, weather_key, window_keys
+from vitals_pipeline.assets.keys import REFRESH_POINTS_TAG, range_tags, timeseries_key, weather_key, window_keys
 from vitals_pipeline.automation.gaps import scheduled_window
 from vitals_pipeline.automation.pause import paused_sites
 from vitals_pipeline.automation.runs import TRIGGER_TAG
@@ -37,13 +37,14 @@ def plan_tick(
         return dg.SkipReason(f"every site is paused ({len(sites)}); `vitals resume SITE` resumes one")
     first, last = window_keys(window)
     keys = [timeseries_key(site) for site in active]
-    # The same run refreshes the weather every VITALS_WEATHER_MINUTES and the points once an
-    # hour (unpartitioned assets, their own steps): no run of their own, no wait for the pool.
+    # The same run refreshes the weather every VITALS_WEATHER_MINUTES (its own step) and the
+    # points once an hour (each site's fetch loads them first): no run of their own.
     closes = window.end.minute
+    tags = {**range_tags(first, last), TRIGGER_TAG: "schedule"}
     if settings.weather_minutes and closes % settings.weather_minutes == 0:
         keys += [weather_key(site) for site in active]
     if closes == POINTS_MINUTE:
-        keys += [points_key(site) for site in active]
+        tags[REFRESH_POINTS_TAG] = "true"
     return [
         dg.RunRequest(
             run_key=f"schedule:{first}...{last}",
@@ -51,7 +52,7 @@ def plan_tick(
             # Empty, not None: None makes Dagster add every check of the selected assets back
             # to the run, which would then plan and record all of them (see checks/recording.py).
             asset_check_keys=[],
-            tags={**range_tags(first, last), TRIGGER_TAG: "schedule"},
+            tags=tags,
         )
     ]
 
