@@ -15,7 +15,9 @@ point with its reason (`known_gap`), so the lead sees exactly what to fix.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -186,7 +188,8 @@ def test_operator_walk(walk, subtests):
                 and (r := ui.graphql_latest_materialization_run(stack, site))
                 and r.run_id != run.run_id
                 and r.tags.get("vitals/trigger") == "schedule"
-                and r.status == "SUCCESS"
+                # every scheduled run fails the site ACE refuses, and only that site
+                and r.status in ("SUCCESS", "FAILURE")
                 and r
             ),
             150,
@@ -283,6 +286,45 @@ def test_operator_walk(walk, subtests):
                 for n, r in rows.items()
             )
         )
+
+    with (
+        subtests.test("6 a site that is behind is shown as behind"),
+        walk.step("6-fleet-status"),
+    ):
+        # The simulator refuses stack.behind (403): never stored. The fleet-status sensor (every
+        # 2 minutes) observes fleet/status with the sites that are behind.
+        behind = stack.behind
+        status = ui.wait_until(
+            lambda: (
+                stack.assert_running() is None
+                and (md := ui.graphql_fleet_status(stack))
+                and behind in md.get("sites_behind", "")
+                and md
+            ),
+            150,
+            f"a fleet/status observation listing {behind} as behind",
+            stack.log_tail,
+            interval=3,
+        )
+        row = next(line for line in status["sites_behind"].splitlines() if f"| {behind} |" in line)
+        assert "| down |" in row, row
+        assert int(status["down"]) >= 1, status
+        # The seeded sites are stored up to date (ui_office may show degraded: the seed failed
+        # some of its partitions on purpose), none is down.
+        for stored in plan.sites:
+            assert f"| {stored} | down |" not in status["sites_behind"], status["sites_behind"]
+        text = ui.open_fleet_status(walk, behind)
+        assert behind in text and "down" in text, text[:2000]
+        # The same answer as the CLI.
+        cli = subprocess.run(
+            [str(ui.BIN / "vitals"), "status", "--json"],
+            env=stack.env, capture_output=True, text=True, timeout=120,
+        )
+        report = json.loads(cli.stdout)
+        health = {s["site"]: s["health"] for s in report["sites"]}
+        assert health.get(behind) == "down", health
+        assert all(health.get(s) != "down" for s in plan.sites), health
+        walk.note(f"step 6: fleet/status lists {row.strip()}; vitals status says {health}")
 
     with subtests.test("browser and logs"):
         assert not walk.page_errors, f"uncaught errors in the UI's JavaScript: {walk.page_errors}"

@@ -12,6 +12,7 @@ webserver what a page should have shown; the steps themselves only use the brows
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -176,6 +177,7 @@ class UiStack:
     artifacts: Path
     logs: dict[str, Path] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # webserver, daemon
+    behind: str = ""  # a configured site ACE refuses: never stored, the fleet's site that is behind
     location: str = ""  # the code location's name, as the UI shows it
     repository: str = "__repository__"
     started_in: float = 0.0  # seconds from nothing to a loaded code location
@@ -248,7 +250,11 @@ def wait_until(
 
 @contextlib.contextmanager
 def ui_stack(
-    artifacts: Path, tmp: Path, sites: tuple[str, ...] = ("ui_office", "ui_lab"), points: int = 40
+    artifacts: Path,
+    tmp: Path,
+    sites: tuple[str, ...] = ("ui_office", "ui_lab"),
+    points: int = 40,
+    behind: str = "ui_annex",
 ) -> Iterator[UiStack]:
     """Simulator (real clock) -> seeded DAGSTER_HOME -> dagster-webserver + dagster-daemon.
 
@@ -285,9 +291,13 @@ def ui_stack(
                 "--port",
                 "0",
                 "--sites",
-                ",".join(sites),
+                ",".join((*sites, behind)),
                 "--points",
                 str(points),
+                # ACE refuses the third site (403, not retried): every run fails it at once, and
+                # it is never stored, the fleet's site that is behind (step 6 of the walk).
+                "--fault",
+                f"site_status={json.dumps({behind: 403})}",
             ],
             sim_env,
         )
@@ -302,7 +312,7 @@ def ui_stack(
             "DAGSTER_HOME": str(tmp / "dagster_home"),
             "ACE_API_URL": line.rsplit(" ", 1)[-1],
             "ACE_API_KEY": SIM_KEY,
-            "ACE_SITES": ",".join(sites),
+            "ACE_SITES": ",".join((*sites, behind)),
             "VITALS_DUCKDB_PATH": str(tmp / "vitals.duckdb"),
             "VITALS_ARCHIVE_URI": str(tmp / "archive"),
             "VITALS_PARTITIONS_START": partition_key(plan.start),
@@ -351,6 +361,7 @@ def ui_stack(
             home=Path(env["DAGSTER_HOME"]),
             env=env,
             plan=plan,
+            behind=behind,
             artifacts=artifacts,
             logs=logs,
             processes={"webserver": webserver, "daemon": daemon},
@@ -958,3 +969,30 @@ if __name__ == "__main__":
             datetime.fromisoformat(closed_at),
         )
     )
+
+
+def graphql_fleet_status(stack: UiStack) -> dict[str, str]:
+    """The metadata of the newest observation of `fleet/status`, label -> text ({}: none yet)."""
+    node = stack.graphql(
+        "{ assetNodeOrError(assetKey: {path: [\"fleet\", \"status\"]}) { ... on AssetNode {"
+        " assetObservations(limit: 1) { metadataEntries { label"
+        " ... on MarkdownMetadataEntry { mdStr } ... on TextMetadataEntry { text }"
+        " ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue } } } } } }"
+    )["assetNodeOrError"]
+    observations = node.get("assetObservations") or []
+    if not observations:
+        return {}
+    return {
+        e["label"]: str(next((e[k] for k in ("mdStr", "text", "intValue", "floatValue") if k in e), ""))
+        for e in observations[0]["metadataEntries"]
+    }
+
+
+def open_fleet_status(walk: Walk, site: str) -> str:
+    """Step 6: the `fleet/status` asset page, where the sites that are behind are listed; waits
+    until it names `site` and returns the page's text."""
+    page = walk.page
+    walk.goto("/assets/fleet/status")
+    page.get_by_text(site, exact=False).first.wait_for()
+    walk.shot("fleet-status")
+    return page.inner_text("body")
