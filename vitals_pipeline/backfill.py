@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from vitals_pipeline.memory import release_freed_memory
+from vitals_pipeline.runtime import release_freed_memory
 from vitals_pipeline.windows import Window, split_window
 
 

@@ -32,9 +32,8 @@ from vitals_pipeline.checks import recording
 from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
-from vitals_pipeline.lazy import defer_pandas_in_pyarrow
-from vitals_pipeline.memory import release_freed_memory, use_system_allocator
 from vitals_pipeline.resources import AceResource
+from vitals_pipeline.runtime import prepare_step_process, release_freed_memory
 from vitals_pipeline.samples import CleanResult, clean_window, merge_clean_results
 from vitals_pipeline.storage.duckdb_io import WindowBundle, store_slice, table_exists
 from vitals_pipeline.storage.names import schema_name
@@ -161,8 +160,7 @@ def sync_timeseries(
     tw = context.partition_time_window
     window = Window(tw.start.astimezone(UTC), tw.end.astimezone(UTC))
     sites = selected_sites(context, shard, timeseries_key)
-    use_system_allocator()
-    defer_pandas_in_pyarrow()
+    prepare_step_process()  # this process runs steps: the process tweaks (runtime.py)
     budget = site_budget_seconds(settings, window)
     concurrency = fetch_concurrency(settings, window)
     failures = SiteFailures(f"timeseries for {window}")
