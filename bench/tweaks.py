@@ -54,10 +54,10 @@ ALL = "all"
 MEASURES = ("wall", "cpu", "rss")
 
 
-def variants() -> dict[str, str]:
-    """Variant name -> VITALS_PROCESS_TWEAKS."""
+def variants(tested: list[str]) -> dict[str, str]:
+    """Variant name -> VITALS_PROCESS_TWEAKS: every tweak, and every tweak but one of `tested`."""
     chosen = {ALL: ALL}
-    for tweak in TWEAKS:
+    for tweak in tested:
         chosen[f"without {tweak}"] = ",".join(t for t in TWEAKS if t != tweak) or "none"
     return chosen
 
@@ -82,13 +82,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--ticks", type=int, default=3, help="ticks per variant and round")
     parser.add_argument("--backfill-days", type=int, default=2, help="0 leaves the backfill out")
+    parser.add_argument("--tweaks", default=",".join(TWEAKS), help="the tweaks to test")
     parser.add_argument("--no-record", action="store_true", help="do not add to RESULTS.md")
     args = parser.parse_args()
+    tested = [name.strip() for name in args.tweaks.split(",") if name.strip()]
+    if unknown := sorted(set(tested) - set(TWEAKS)):
+        parser.error(f"unknown tweaks {unknown}; the tweaks are {', '.join(TWEAKS)}")
 
     end = DAY + timedelta(hours=args.hours)
     backfill_start = end - timedelta(days=args.backfill_days)
     oldest = min(DAY, backfill_start)
-    chosen = variants()
+    chosen = variants(tested)
     names = list(chosen)
     samples: dict[str, dict[str, list[dict[str, float]]]] = {}  # scenario -> variant -> rounds
     load = load_average()
