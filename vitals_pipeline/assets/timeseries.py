@@ -33,7 +33,7 @@ from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
-from vitals_pipeline.runtime import prepare_step_process, release_freed_memory
+from vitals_pipeline.runtime import prepare_step_process
 from vitals_pipeline.samples import CleanResult, clean_window, merge_clean_results
 from vitals_pipeline.storage.duckdb_io import WindowBundle, store_slice, table_exists
 from vitals_pipeline.storage.names import schema_name
@@ -48,7 +48,6 @@ from vitals_pipeline.windows import Window
 
 # How often the step says how far it got while storing a big fleet.
 PROGRESS_EVERY_SECONDS = 15.0
-BIG_WINDOW_SAMPLES = 1_000_000
 
 
 @dataclass
@@ -215,10 +214,6 @@ def sync_timeseries(
                 continue
             totals.add(outcome.value)
             totals.report_progress(context, len(sites))
-            if outcome.value.result.samples.num_rows > BIG_WINDOW_SAMPLES:
-                # A big window's frames (a day of a big site is ~1 GB of Arrow buffers while
-                # stored) are handed back to the OS before the next site's.
-                release_freed_memory()
     context.log.info(totals.summary(sites, failures, window))
     failures.raise_if_any(len(sites))
 
