@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-# Fleet sizes of `make bench` (bench/fleet.py): 10-16 min a size, as it waits for real 5-minute
-# ticks; `make bench FLEET_SITES=50,100,300,500,1000` for the full series.
+# `make bench`: every benchmark in bench/, each adding rows to bench/RESULTS.md (docs/performance.md
+# says what each measures). About 45 minutes before the fleet: the day (run.py) ~12 of them with
+# the old design's SQLite, the process tweaks' A/B (tweaks.py) ~15. Fleet sizes (bench/fleet.py):
+# 10-16 min a size, as it waits for real 5-minute ticks; `make bench FLEET_SITES=50,100,300,500,1000`
+# for the full series.
 FLEET_SITES ?= 50,100
 
 .PHONY: install demo test dev bench clean
@@ -37,6 +40,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/week.py
 	$(BIN)/python bench/ticks.py
+	$(BIN)/python bench/ticks.py --sites 100
+	$(BIN)/python bench/checks_cost.py
+	$(BIN)/python bench/tweaks.py
+	$(BIN)/python bench/parse_page.py
+	$(BIN)/python bench/defs_load.py
+	$(BIN)/python bench/event_log.py
 	$(BIN)/python bench/fleet.py --sites $(FLEET_SITES) --broken-site
 
 clean:

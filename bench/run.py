@@ -1,147 +1,147 @@
-"""The day benchmark (issue 5): a 4,500-point site at one sample a minute, 6.48M samples.
+"""The day benchmark: a 4,500-point site at one sample a minute, 6.48M samples, end to end.
 
-Side by side, in one invocation, on one machine:
-- floor:     download every page of the day with httpx and discard it (same page size);
-- pipeline:  `dagster asset materialize --partition-range` of the whole day (288 partitions) into
-             a fresh DuckDB, checks included;
-- old design: the same samples written as the old Worker did (SQLite, INSERT OR REPLACE,
-             1,000-row batches), from already-parsed rows;
-- live tick: one scheduled-style run: the newest partition plus the 10-minute lookback.
-Prints a table and appends a dated row to bench/RESULTS.md.
+For each server state (`--server render`, `warm`, or `both`, the default), on a fresh simulator
+process serving the site:
 
-The simulator runs in its own process and serves from a warm cache (a warm-up pass renders the
-day once), so what is timed is the client's side.
+- floor: the requests the pipeline makes for the day (2-hour sub-windows, fetched by 2 threads,
+  50,000-row pages: `AceClient.fetch_pieces`' defaults), every body discarded unparsed. Wall
+  seconds in this process.
+- pipeline: `dagster asset materialize --select big/timeseries --partition-range` over the day's
+  288 partitions, checks included, in a new process on a fresh DAGSTER_HOME (the shipped
+  dagster.yaml) and a fresh DuckDB file. CLI wall = from starting the command to its exit; run =
+  the run's start -> end in its run record; CPU and peak RSS of that process (os.wait4); its pages
+  from the step's log line (they must equal the floor's).
+- ratio = pipeline CLI wall / floor, both against the same server state.
 
-    .venv/bin/python bench/run.py [--points 4500] [--page-size 50000] [--skip-old]
+Server states: `render` = no cache in the simulator (`--cache-mb 0`): every page is rendered when
+it is asked for, the floor's as the pipeline's, as ACE renders its pages. `warm` = the simulator
+holds the day in memory after a first, untimed pass (`--cache-mb 1500`): floor and pipeline time
+the client's side alone. The simulator runs on the same 2 cores as the client, so in `render` its
+work competes with the pipeline's; the simulator's CPU seconds during each are printed.
+
+Then, on the `render` server: a live tick (3 partitions: the newest and 10 minutes of lookback,
+the same CLI, checks included: CLI wall and run start -> end), and the old design (the stored day
+written as the old Worker did: SQLite, INSERT OR REPLACE, 1,000-row batches, from parsed rows).
+Prints the figures and adds a row per server state to bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py [--points 4500] [--hours 24] [--server both] [--skip-old]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import resource
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
-import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-SITE = "big"
-KEY = "bench-key"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vitals_pipeline.ace import wire  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    RENDER,
+    WARM,
+    WARM_CACHE_MB,
+    Floor,
+    Measured,
+    Simulator,
+    bench_home,
+    commit,
+    download_floor,
+    load_average,
+    record,
+    run_measured,
+    step_log_figures,
+)
 from vitals_pipeline.windows import PARTITION, partition_key  # noqa: E402
 
+SITE = "big"
+TARGET_DAY_SECONDS = 30.0
+TARGET_PEAK_RSS = 1 << 30
 
-def start_simulator(points: int, cache_mb: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [
-            str(BIN / "vitals"), "simulate", "--port", "0", "--sites", SITE,
-            "--points", str(points), "--interval", "60", "--api-key", KEY,
-            "--cache-mb", str(cache_mb),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+
+@dataclass
+class DayResult:
+    server: str
+    floor: Floor
+    floor_sim_cpu: float
+    pipeline: Measured
+    pipeline_sim_cpu: float
+    figures: dict[str, float]
+    stored: int
+    table_bytes: int
+    duckdb_path: str
+    tick: tuple[float, float] | None = None  # (run seconds, CLI wall)
+
+
+def materialize(env: dict[str, str], first: str, last: str) -> Measured:
+    return run_measured(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "vitals_pipeline.definitions",
+         "--select", f"{SITE}/timeseries", "--partition-range", f"{first}...{last}"],
+        env,
     )
-    line = proc.stdout.readline().strip()
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"simulator did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[-1]
 
 
-def download_day(url: str, start: datetime, end: datetime, page_size: int) -> tuple[float, int, int]:
-    """The floor: fetch every page of [start, end) and discard it; return (seconds, bytes, pages).
+def measure_day(server: str, args, start: datetime, end: datetime) -> DayResult:
+    cache_mb = 0 if server == RENDER else WARM_CACHE_MB
+    with Simulator(SITE, args.points, cache_mb) as sim:
+        if server == WARM:
+            warm_up = download_floor(sim.url, SITE, start, end, args.page_size)
+            print(f"[{server}] untimed first pass (the simulator renders the window into its "
+                  f"cache): {warm_up.seconds:.2f}s")
+        cpu = sim.cpu_seconds()
+        floor = download_floor(sim.url, SITE, start, end, args.page_size)
+        floor_sim_cpu = sim.cpu_seconds() - cpu
+        print(f"[{server}] floor: {floor.seconds:.2f}s for {floor.pages} pages, "
+              f"{floor.samples:,} samples, {floor.bytes / 1e6:.0f} MB "
+              f"(simulator CPU {floor_sim_cpu:.2f}s)")
 
-    Nothing is parsed: the server's next_cursor is read off the end of the body. (It is right
-    whenever a page crosses into a new timestamp, as every page of this site does at this size.)
-    """
-    params = {
-        "start_time": wire.format_wire_time(start),
-        "end_time": wire.format_wire_time(end),
-        "page_size": page_size,
-        "raw_data": "true",
-    }
-    cursor: str | None = None
-    total_bytes = pages = 0
-    began = time.perf_counter()
-    with httpx.Client(base_url=url + "/", headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
-        while True:
-            query = dict(params)
-            if cursor is not None:
-                query["cursor"] = cursor
-            response = http.get(f"sites/{SITE}/timeseries/paginated", params=query)
-            response.raise_for_status()
-            body = response.content
-            total_bytes += len(body)
-            pages += 1
-            tail = body[-400:]
-            found = _NEXT_CURSOR.search(tail)
-            if b'"has_more":true' not in tail.replace(b" ", b"") or not found:
-                break
-            cursor = found.group(1).decode()
-    return time.perf_counter() - began, total_bytes, pages
-
-
-_NEXT_CURSOR = re.compile(rb'"next_cursor":\s*"([^"]+)"')
-
-
-def bench_home(
-    prefix: str, url: str, start: datetime, page_size: int, base: str | None = None
-) -> tuple[Path, dict[str, str]]:
-    """A fresh DAGSTER_HOME (the shipped dagster.yaml) and DuckDB file in a new temporary folder,
-    and the environment that points the pipeline at them and at the simulator."""
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    home = work / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "ACE_API_URL": url,
-        "ACE_API_KEY": KEY,
-        "ACE_SITES": SITE,
-        "ACE_PAGE_SIZE": str(page_size),
-        "VITALS_DUCKDB_PATH": str(work / "vitals.duckdb"),
-        "VITALS_PARTITIONS_START": (start - timedelta(days=1)).strftime("%Y-%m-%d-%H:%M"),
-    }
-    return home, env
+        home, env = bench_home(f"vitals-day-{server}-", sim.url, SITE, start - timedelta(days=1),
+                               args.page_size, args.home_base)
+        run_measured([str(BIN / "dagster"), "instance", "migrate"], env, check=False)
+        cpu = sim.cpu_seconds()
+        pipeline = materialize(env, partition_key(start), partition_key(end - PARTITION))
+        pipeline_sim_cpu = sim.cpu_seconds() - cpu
+        figures = step_log_figures(home)
+        with duckdb.connect(env["VITALS_DUCKDB_PATH"], read_only=True) as con:
+            stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0]
+            table_bytes = con.execute(
+                "SELECT count(DISTINCT block_id) * 262144 FROM "
+                f"pragma_storage_info('{SITE}.timeseries') WHERE block_id IS NOT NULL"
+            ).fetchone()[0] or 0
+        result = DayResult(server, floor, floor_sim_cpu, pipeline, pipeline_sim_cpu, figures,
+                           stored, table_bytes, env["VITALS_DUCKDB_PATH"])
+        print(
+            f"[{server}] pipeline: {pipeline.wall:.2f}s CLI wall, {figures['run_seconds']:.2f}s "
+            f"run (step {figures.get('step_seconds', float('nan')):.1f}s), {pipeline.cpu:.1f} CPU s, "
+            f"peak RSS {pipeline.peak_rss / 2**20:.0f} MiB; {stored:,} samples stored in "
+            f"{figures.get('pages', '?')} pages (simulator CPU {pipeline_sim_cpu:.2f}s); "
+            f"ratio {pipeline.wall / floor.seconds:.2f} (run/floor "
+            f"{figures['run_seconds'] / floor.seconds:.2f})"
+        )
+        if figures.get("pages") != floor.pages or stored != floor.samples:
+            raise SystemExit(
+                f"[{server}] the pipeline did not make the floor's requests or store its samples: "
+                f"{figures.get('pages')} pages and {stored:,} samples against {floor.pages} and "
+                f"{floor.samples:,}; the floor no longer mirrors the pipeline's fetch"
+            )
+        if server == RENDER:
+            # The newest partition and 10 minutes of lookback, re-fetched over the stored day.
+            tick = materialize(env, partition_key(end - 3 * PARTITION), partition_key(end - PARTITION))
+            result.tick = (step_log_figures(home)["run_seconds"], tick.wall)
+            print(f"[{server}] live tick (3 partitions): {result.tick[0]:.2f}s run, "
+                  f"{result.tick[1]:.2f}s CLI wall")
+    return result
 
 
-def run_cli(args: list[str], env: dict) -> tuple[float, int, subprocess.CompletedProcess]:
-    """Run a command; return (wall seconds, peak RSS bytes of the largest child so far, result)."""
-    began = time.perf_counter()
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"command failed: {' '.join(args[:4])} ...")
-    return wall, peak, proc
-
-
-def latest_run_seconds(home: Path) -> float:
-    """Start-to-end of the newest run, from Dagster's run record."""
-    os.environ["DAGSTER_HOME"] = str(home)
-    from dagster import DagsterInstance
-
-    with DagsterInstance.get() as instance:
-        [record] = instance.get_run_records(limit=1)
-        return record.end_time - record.start_time
-
-
-def old_design_seconds(db_path: Path, start: datetime, end: datetime) -> tuple[float, int]:
+def old_design_seconds(db_path: str, start: datetime, end: datetime) -> tuple[float, int]:
     """The old Worker's write path: SQLite, INSERT OR REPLACE, 1,000-row batches."""
-    with duckdb.connect(str(db_path), read_only=True) as con:
+    with duckdb.connect(db_path, read_only=True) as con:
         rows = con.execute(
             f"SELECT point, strftime(ts, '%Y-%m-%dT%H:%M:%S.%f'), value FROM {SITE}.timeseries "
             "WHERE ts >= ? AND ts < ?",
@@ -165,131 +165,83 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=4500)
     parser.add_argument("--page-size", type=int, default=50000)
-    parser.add_argument("--hours", type=float, default=24.0, help="length of the benchmarked window")
-    parser.add_argument("--cache-mb", type=int, default=1500)
-    parser.add_argument("--skip-old", action="store_true")
+    parser.add_argument("--hours", type=float, default=24.0, help="length of the window")
+    parser.add_argument("--server", choices=[RENDER, WARM, "both"], default="both")
+    parser.add_argument("--skip-old", action="store_true", help="leave out the old design (~10 min)")
     parser.add_argument(
-        "--home-base",
-        default=None,
-        help="folder for DAGSTER_HOME and the DuckDB file (e.g. /dev/shm to take the disk's fsync cost out)",
+        "--home-base", default=None,
+        help="folder for DAGSTER_HOME and the DuckDB file (e.g. /dev/shm: no disk fsyncs)",
     )
-    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--no-record", action="store_true", help="do not add to RESULTS.md")
     args = parser.parse_args()
 
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    end = today
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = end - timedelta(hours=args.hours)
-    partitions = int((end - start) / PARTITION)
-    samples_expected = args.points * int((end - start).total_seconds() // 60)
-    sim, url = start_simulator(args.points, args.cache_mb)
-    results: dict[str, object] = {}
-    try:
-        print(f"simulator {url}: site {SITE!r}, {args.points} points x 1/min, {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC")
-        # The floor as the issue defines it: the same pages downloaded and discarded, the server's
-        # own work included (first pass, cold cache). The pipeline then reads from a warm cache,
-        # so its figure is, if anything, flattered; the warm floor is printed for reference.
-        floor, nbytes, pages = download_day(url, start, end, args.page_size)
-        warm, _, _ = download_day(url, start, end, args.page_size)
-        results["floor"] = floor
-        print(f"floor: {floor:.2f}s for {pages} pages, {nbytes / 1e6:.0f} MB (warm cache: {warm:.2f}s)")
+    expected = args.points * int((end - start).total_seconds() // 60)
+    servers = [RENDER, WARM] if args.server == "both" else [args.server]
+    load_before = load_average()
+    print(f"site {SITE!r}: {args.points} points x 1/min, {start:%Y-%m-%d %H:%M} .. "
+          f"{end:%Y-%m-%d %H:%M} UTC, {expected:,} samples; load {load_before:.1f}")
+    results = [measure_day(server, args, start, end) for server in servers]
+    old = None
+    if not args.skip_old:
+        old = old_design_seconds(results[0].duckdb_path, start, end)
+        print(f"old design (SQLite INSERT OR REPLACE, 1,000-row batches): {old[0]:.2f}s for "
+              f"{old[1]:,} rows")
+    load = max(load_before, load_average())
 
-        home, env = bench_home("vitals-bench-", url, start, args.page_size, args.home_base)
-        subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, capture_output=True, check=False)
-        first, last = partition_key(start), partition_key(end - PARTITION)
-        wall, peak, _ = run_cli(
-            [str(BIN / "dagster"), "asset", "materialize", "-m", "vitals_pipeline.definitions",
-             "--select", f"{SITE}/timeseries", "--partition-range", f"{first}...{last}"],
-            env,
+    window = f"{args.points}x{args.hours:g}h" + (f" ({args.home_base})" if args.home_base else "")
+    lines = []
+    for r in results:
+        ratio = r.pipeline.wall / r.floor.seconds
+        old_cell = "-"
+        if old is not None and r.server == RENDER:
+            old_cell = f"{old[0]:.1f} ({old[0] / r.pipeline.wall:.1f}x)"
+        tick = f"{r.tick[0]:.1f} / {r.tick[1]:.1f}" if r.tick else "-"
+        lines.append(
+            f"| {datetime.now(UTC):%Y-%m-%d} | {commit()} | {window} | {r.server} | "
+            f"{r.floor.seconds:.2f} | {r.pipeline.wall:.1f} ({r.figures['run_seconds']:.1f}) | "
+            f"{ratio:.2f} | {r.stored / r.pipeline.wall:,.0f} | {r.pipeline.cpu:.1f} | "
+            f"{r.pipeline.peak_rss / 2**20:.0f} | {r.table_bytes / max(r.stored, 1):.1f} | "
+            f"{r.floor_sim_cpu:.1f} / {r.pipeline_sim_cpu:.1f} | {old_cell} | {tick} | {load:.1f} |"
         )
-        run_seconds = latest_run_seconds(home)
-        with duckdb.connect(env["VITALS_DUCKDB_PATH"], read_only=True) as con:
-            stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0]
-            table_bytes = con.execute(
-                "SELECT sum(block_size) FROM (SELECT DISTINCT block_id, 262144 AS block_size "
-                "FROM pragma_storage_info('big.timeseries') WHERE block_id IS NOT NULL)"
-            ).fetchone()[0] or 0
-        file_bytes = Path(env["VITALS_DUCKDB_PATH"]).stat().st_size
-        results.update(pipeline=wall, pipeline_run=run_seconds, rss=peak, stored=stored)
-        print(
-            f"pipeline: {wall:.2f}s CLI wall ({run_seconds:.2f}s run), {stored:,} samples stored "
-            f"(expected {samples_expected:,}), peak RSS {peak / 2**20:.0f} MiB, "
-            f"table {table_bytes / max(stored, 1):.1f} B/sample, file {file_bytes / max(stored, 1):.1f} B/sample"
-        )
-        if not args.skip_old:
-            old, old_rows = old_design_seconds(Path(env["VITALS_DUCKDB_PATH"]), start, end)
-            results["old"] = old
-            print(f"old design (SQLite INSERT OR REPLACE, 1,000-row batches): {old:.2f}s for {old_rows:,} rows")
-
-        # Live tick: the newest closed partition of the window plus 10 minutes of lookback.
-        tick_first, tick_last = partition_key(end - 3 * PARTITION), partition_key(end - PARTITION)
-        tick_wall, _, _ = run_cli(
-            [str(BIN / "dagster"), "asset", "materialize", "-m", "vitals_pipeline.definitions",
-             "--select", f"{SITE}/timeseries", "--partition-range", f"{tick_first}...{tick_last}"],
-            env,
-        )
-        tick_run = latest_run_seconds(home)
-        results.update(tick_run=tick_run, tick_wall=tick_wall)
-        print(f"live tick (3 partitions): {tick_run:.2f}s run start->success, {tick_wall:.2f}s CLI wall")
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
-
-    ratio = results["pipeline"] / results["floor"]
-    line = (
-        f"| {datetime.now(UTC):%Y-%m-%d} | {commit()} | {args.points}x{partitions * 5 // 60}h"
-        f"{' (' + args.home_base + ')' if args.home_base else ''} | "
-        f"{results['floor']:.1f} | {results['pipeline']:.1f} ({results['pipeline_run']:.1f} run) | "
-        f"{ratio:.2f} | {results['stored'] / results['pipeline']:,.0f} | {results['rss'] / 2**20:.0f} | "
-        f"{table_bytes / max(results['stored'], 1):.1f} | "
-        + (f"{results['old']:.1f} ({results['old'] / results['pipeline']:.1f}x)" if "old" in results else "-")
-        + f" | {results['tick_run']:.1f} / {results['tick_wall']:.1f} |"
-    )
+        verdicts = [
+            f"day {'ok' if r.pipeline.wall < TARGET_DAY_SECONDS else 'OVER'} (< 30 s)",
+            f"peak RSS {'ok' if r.pipeline.peak_rss < TARGET_PEAK_RSS else 'OVER'} (< 1 GiB)",
+            f"stored {'ok' if r.stored == expected else 'WRONG'} ({r.stored:,} of {expected:,})",
+        ]
+        print(f"[{r.server}] " + "; ".join(verdicts))
     print()
     print(HEADER)
-    print(line)
+    print("\n".join(lines))
     if not args.no_record:
-        record(HEADER, PREAMBLE, line)
+        for line in lines:
+            record(HEADER, PREAMBLE, line)
+    if any(r.stored != expected for r in results):
+        raise SystemExit("the pipeline did not store every sample of the window")
 
 
-PREAMBLE = """# Benchmark results
+PREAMBLE = """## The day, floor and pipeline against the same server state
 
-Measured by `make bench` (bench/run.py) on this project's 2-core machine. Columns: floor =
-download every page and discard (s); pipeline = `dagster asset materialize --partition-range`
-of the window, CLI wall (run record); ratio = pipeline / floor; samples/s of the pipeline;
-peak RSS of the run process (MiB); DuckDB bytes per sample of the timeseries table; old design
-= SQLite INSERT OR REPLACE in 1,000-row batches from parsed rows (s, and old/pipeline); live
-tick = newest partition + 10 min lookback: run start->success / CLI wall (s).
+Measured by bench/run.py (see its docstring). server: `render` = the simulator renders every page
+on request (no cache, as ACE), `warm` = it serves the day from memory after an untimed first pass.
+floor = the pipeline's requests (2-hour sub-windows by 2 threads, 50,000-row pages), bodies
+discarded (s); pipeline = `dagster asset materialize --partition-range` of the day, checks
+included, fresh DAGSTER_HOME and DuckDB: CLI wall, process start to exit (run start -> end in
+brackets); ratio = pipeline CLI wall / floor, same server state; samples/s = stored / CLI wall;
+CPU s and peak RSS of the CLI process (os.wait4); B/sample = timeseries table blocks / samples;
+simulator CPU s during the floor / the pipeline (the simulator shares the 2 cores); old design =
+SQLite INSERT OR REPLACE in 1,000-row batches from parsed rows (s, and old / pipeline); live tick
+= 3 partitions on the stored day, run start -> end / CLI wall (s); load = highest 1-min load
+average seen (2 cores, shared).
 
 """
 HEADER = (
-    "| date | commit | site x window | floor s | pipeline s | ratio | samples/s | peak RSS MiB | B/sample | old design s | live tick s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "| date | commit | site x window | server | floor s | pipeline s (run) | ratio | samples/s "
+    "| CPU s | peak RSS MiB | B/sample | simulator CPU s floor / pipeline | old design s "
+    "| live tick s | load |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
-
-
-def record(header: str, preamble: str, line: str) -> None:
-    """Add `line` as the last row of the table under `header` in bench/RESULTS.md (the section,
-    `preamble` + `header`, is added at the end of the file when it is not there yet)."""
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text() if path.exists() else ""
-    if header not in text:
-        text = (text.rstrip("\n") + "\n\n" if text else "") + preamble + header + "\n"
-    head, _, rest = text.partition(header + "\n")
-    rows = []
-    lines = rest.split("\n")
-    while lines and lines[0].startswith("|"):
-        rows.append(lines.pop(0))
-    path.write_text(head + header + "\n" + "\n".join([*rows, line, *lines]).rstrip("\n") + "\n")
-    print(f"recorded in {path}")
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """How fast does the ACE simulator serve one full day of the 4,500-point / 60 s site?
 
 Starts `vitals simulate` in a subprocess (so the server has its own core, as the real API would),
-then downloads 2025-10-12 [00:00, 24:00) through /timeseries/paginated with an httpx client that
-follows the cursor and discards the bodies (or parses them with --parse). 6.48M samples.
-The first pass renders every minute (cold); later passes (--passes 2) are served from the cache
-when --cache-mb holds the day (~720 MB).
+then downloads 2025-10-12 [00:00, 24:00) through /timeseries/paginated with one httpx client that
+follows the cursor page after page (one stream, unlike bench/run.py's floor, which makes the
+pipeline's requests) and discards the bodies (or parses them with --parse). 6.48M samples. Each
+pass is timed from its first request to its last response, in this process.
+
+With a cache (--cache-mb, default 1500: the day takes ~720 MB) the first pass renders every
+minute, the server rendering the next page's minutes ahead while the client reads one ("cold"),
+and later passes (--passes 2) are served from memory ("cache"). With --cache-mb 0 every pass
+renders every page on request, as ACE does ("render").
 
     .venv/bin/python bench/serve_day.py [--page-size 50000] [--parse] [--in-process] [--passes 2]
 """
@@ -102,7 +107,8 @@ def main() -> None:
             t0 = time.perf_counter()
             pages, rows, size = download(url, args.page_size, args.parse)
             seconds = time.perf_counter() - t0
-            print(f"pass {n} ({'cold' if n == 1 else 'cache'}): served {rows:,} samples in {pages} "
+            state = "render" if args.cache_mb == 0 else "cold" if n == 1 else "cache"
+            print(f"pass {n} ({state}): served {rows:,} samples in {pages} "
                   f"pages ({size / 1e6:,.0f} MB) at page_size {args.page_size} ({mode}, "
                   f"{'parsed' if args.parse else 'discarded'}): {seconds:.2f} s, "
                   f"{rows / seconds / 1e6:.2f} M samples/s", flush=True)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from vitals_pipeline.memory import release_freed_memory
 from vitals_pipeline.windows import Window, split_window
 
 
@@ -92,7 +91,6 @@ def _free_run_outputs(result: dg.ExecuteInProcessResult) -> None:
     """
     result._output_capture.clear()  # noqa: SLF001 - no public way to drop captured outputs
     gc.collect()  # the rest of the run's objects sit in reference cycles
-    release_freed_memory()
 
 
 def _samples_by_site(result: dg.ExecuteInProcessResult) -> dict[str, int]:

@@ -62,8 +62,9 @@ def _fault_value(text: str) -> object:
 @click.option("--no-weather", is_flag=True, help="Sites have no weather feed (404).")
 @click.option("--now", "now", default=None, metavar="ISO",
               help="Pin the simulator's clock (default: real time).")
-@click.option("--cache-mb", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Memory for rendered minutes; ~720 MB holds a day of a 4,500-point/60 s site.")
+@click.option("--cache-mb", default=256, show_default=True, type=click.IntRange(min=0),
+              help="Memory for rendered minutes; ~720 MB holds a day of a 4,500-point/60 s site. "
+                   "0: no cache, every request renders the minutes it reads (as ACE does).")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=VALUE",
               help='Set a Faults field, e.g. --fault rate_limit_every=5 --fault script=\'["429"]\' '
                    '--fault site_status=\'{"s0007": 503}\' --fault site_slow_seconds=\'{"s0003": 5}\'.')

@@ -21,7 +21,6 @@ from vitals_pipeline.assets.weather import build_weather_asset
 from vitals_pipeline.automation import build_automation, with_timeseries_freshness
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import ConfigError, Settings
-from vitals_pipeline.memory import skip_collection_at_exit
 from vitals_pipeline.resources import AceResource
 from vitals_pipeline.storage.io_manager import VitalsDuckDBIOManager
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse, Warehouse
@@ -101,5 +100,3 @@ def choose_executor(environ: Mapping[str, str] = os.environ) -> dg.ExecutorDefin
 
 
 defs = build_definitions(Settings.from_env())
-# Every Dagster process that loads this module (CLI, run workers, code servers) ends sooner.
-skip_collection_at_exit()

@@ -40,9 +40,8 @@ from vitals_pipeline.checks import recording
 from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
-from vitals_pipeline.lazy import defer_pandas_in_pyarrow
-from vitals_pipeline.memory import release_freed_memory, use_system_allocator
 from vitals_pipeline.resources import AceResource
+from vitals_pipeline.runtime import prepare_step_process
 from vitals_pipeline.samples import CleanResult, clean_window, merge_clean_results
 from vitals_pipeline.storage.duckdb_io import WindowBundle, store_slice, table_exists
 from vitals_pipeline.storage.names import schema_name
@@ -57,7 +56,6 @@ from vitals_pipeline.windows import Window
 
 # How often the step says how far it got while storing a big fleet.
 PROGRESS_EVERY_SECONDS = 15.0
-BIG_WINDOW_SAMPLES = 1_000_000
 
 
 @dataclass
@@ -176,8 +174,7 @@ def sync_timeseries(
         # A run of one site (from the asset page, the CLI) is found by filtering the runs list
         # by this tag, as the old per-site runs were; a fleet run covers many sites.
         context.instance.add_run_tags(context.run_id, {SITE_TAG: schema_name(sites[0])})
-    use_system_allocator()
-    defer_pandas_in_pyarrow()
+    prepare_step_process()  # this process runs steps: the process tweaks (runtime.py)
     budget = site_budget_seconds(settings, window)
     concurrency = fetch_concurrency(settings, window)
     failures = SiteFailures(f"timeseries for {window}")
@@ -237,10 +234,6 @@ def sync_timeseries(
                 continue
             totals.add(outcome.value)
             totals.report_progress(context, len(sites))
-            if outcome.value.result.samples.num_rows > BIG_WINDOW_SAMPLES:
-                # A big window's frames (a day of a big site is ~1 GB of Arrow buffers while
-                # stored) are handed back to the OS before the next site's.
-                release_freed_memory()
     context.log.info(totals.summary(sites, failures, window))
     failures.raise_if_any(len(sites))
 

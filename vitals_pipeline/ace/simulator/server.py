@@ -536,7 +536,8 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 raise _invalid("cursor", "Pagination cursor {error_msg} Invalid cursor") from None
         page = self.sim.timeseries_page(site, start, end, page_size, cursor, _raw(params))
-        if page.more and page.last_us is not None:
+        if page.more and page.last_us is not None and self.sim.config.cache_mb > 0:
+            # Prefetch the next page's minutes (not without a cache: they would be dropped).
             self.app._warm_later(site, page.last_us, 2 * page_size)
         limit = int(self.sim.faults.truncate_min_page_size or 0)
         return 200, page.body, bool(limit and page_size >= limit)
