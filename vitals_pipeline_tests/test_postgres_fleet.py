@@ -73,6 +73,9 @@ def pg_fleet(pg_home, pg_url, monkeypatch, tmp_path):  # noqa: F811
             "VITALS_DUCKDB_PATH": str(tmp_path / "vitals.duckdb"),
             "VITALS_PARTITIONS_START": partition_key(first),
             "VITALS_SITE_BUDGET_SECONDS": "5",  # the broken site gives up in seconds
+            # The tick of now: without this, one on the quarter hour would add the weather step
+            # (test_fleet.py tests that one on a fixed clock).
+            "VITALS_WEATHER_MINUTES": "0",
             "DAGSTER_EVENT_BATCH_SIZE": "1000",
         }
         for name, value in env.items():
