@@ -236,16 +236,18 @@ def record(header: str, preamble: str, line: str) -> None:
     print(f"recorded in {path}")
 
 
-def commit() -> str:
-    """The commit measured, `+dirty` when tracked files differ from it."""
+def commit(checkout: str | Path | None = None) -> str:
+    """The commit measured (this checkout's, or `checkout`'s), `+dirty` when tracked files differ
+    from it."""
+    root = Path(checkout) if checkout else ROOT
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                               capture_output=True, text=True, check=True).stdout.strip()
         # The results file itself does not count: each benchmark of `make bench` adds to it.
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
              ":!bench/RESULTS.md"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=root, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

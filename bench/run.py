@@ -103,6 +103,10 @@ def measure_day(server: str, args, start: datetime, end: datetime) -> DayResult:
 
         home, env = bench_home(f"vitals-day-{server}-", sim.url, SITE, start - timedelta(days=1),
                                args.page_size, args.home_base)
+        if args.code:
+            # Another checkout's pipeline (its package ahead of the installed one), measured
+            # against the same simulator as this one: an A/B of two commits in one session.
+            env["PYTHONPATH"] = str(Path(args.code).resolve())
         run_measured([str(BIN / "dagster"), "instance", "migrate"], env, check=False)
         cpu = sim.cpu_seconds()
         pipeline = materialize(env, partition_key(start), partition_key(end - PARTITION))
@@ -124,7 +128,8 @@ def measure_day(server: str, args, start: datetime, end: datetime) -> DayResult:
             f"ratio {pipeline.wall / floor.seconds:.2f} (run/floor "
             f"{figures['run_seconds'] / floor.seconds:.2f})"
         )
-        if figures.get("pages") != floor.pages or stored != floor.samples:
+        # (A --code checkout older than the step's summary line reports no pages.)
+        if figures.get("pages", floor.pages) != floor.pages or stored != floor.samples:
             raise SystemExit(
                 f"[{server}] the pipeline did not make the floor's requests or store its samples: "
                 f"{figures.get('pages')} pages and {stored:,} samples against {floor.pages} and "
@@ -173,6 +178,10 @@ def main() -> None:
         help="folder for DAGSTER_HOME and the DuckDB file (e.g. /dev/shm: no disk fsyncs)",
     )
     parser.add_argument("--no-record", action="store_true", help="do not add to RESULTS.md")
+    parser.add_argument(
+        "--code", default=None, metavar="DIR",
+        help="measure the pipeline of another checkout (e.g. `git worktree add /tmp/old <commit>`)",
+    )
     args = parser.parse_args()
 
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -199,7 +208,7 @@ def main() -> None:
             old_cell = f"{old[0]:.1f} ({old[0] / r.pipeline.wall:.1f}x)"
         tick = f"{r.tick[0]:.1f} / {r.tick[1]:.1f}" if r.tick else "-"
         lines.append(
-            f"| {datetime.now(UTC):%Y-%m-%d} | {commit()} | {window} | {r.server} | "
+            f"| {datetime.now(UTC):%Y-%m-%d} | {commit(args.code)} | {window} | {r.server} | "
             f"{r.floor.seconds:.2f} | {r.pipeline.wall:.1f} ({r.figures['run_seconds']:.1f}) | "
             f"{ratio:.2f} | {r.stored / r.pipeline.wall:,.0f} | {r.pipeline.cpu:.1f} | "
             f"{r.pipeline.peak_rss / 2**20:.0f} | {r.table_bytes / max(r.stored, 1):.1f} | "
