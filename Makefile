@@ -29,6 +29,7 @@ demo: $(STAMP)
 	$(BIN)/vitals demo
 
 test: $(STAMP)
+	$(BIN)/ruff check vitals_pipeline vitals_pipeline_tests bench
 	bash scripts/system-packages.sh
 	$(BIN)/python -m pytest -n 2 --timeout 240 $(PYTEST_ARGS)
 

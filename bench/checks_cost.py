@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -177,7 +176,7 @@ def main() -> None:
         child(args.child, first, last)
         return
 
-    from vitals_pipeline.windows import PARTITION, partition_key, partition_start
+    from vitals_pipeline.windows import PARTITION, partition_key
 
     start, end = DAY, DAY + timedelta(hours=args.hours)
     first, last = partition_key(start), partition_key(end - PARTITION)

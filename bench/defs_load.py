@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, ROOT, commit, load_average, record, run_measured  # noqa: E402
+from bench.common import BIN, ROOT, commit, load_average, record, run_measured
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     BIN,
     ROOT,
     Simulator,
@@ -37,7 +37,7 @@ from bench.common import (  # noqa: E402
     run_measured,
     step_log_figures,
 )
-from vitals_pipeline.windows import PARTITION, partition_key  # noqa: E402
+from vitals_pipeline.windows import PARTITION, partition_key
 
 SITE = "small"
 DAY = datetime(2025, 10, 12, tzinfo=UTC)

@@ -237,7 +237,7 @@ class SimulatorProcess:
             args += ["--site-count", str(sites)]
         else:
             args += ["--sites", ",".join(served)]
-        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.log = open(log_path, "w")  # closed in stop()
         # The key by environment, not on the command line that `ps` shows.
         self.proc = start_group(args, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT,
                                 env={**os.environ, "ACE_SIM_API_KEY": KEY})
@@ -721,7 +721,9 @@ def measure_tick(instance, tick: datetime, cron: Cron, expected: set[str], healt
         "runs_succeeded": status["SUCCESS"],
         "runs_failed": status["FAILURE"],
         "runs_unfinished": len(tick_runs) - status["SUCCESS"] - status["FAILURE"] - status["CANCELED"],
-        "last_run_created_s": round(max((r.created for r in tick_runs), default=tick.timestamp()) - tick.timestamp(), 1),
+        "last_run_created_s": round(
+            max((r.created for r in tick_runs), default=tick.timestamp()) - tick.timestamp(), 1
+        ),
         "run_seconds_median": round(statistics.median(r.end - r.start for r in ended if r.start), 2) if ended else None,
         "other_runs": dict(Counter(r.kind for r in others)),
         "sites_stored": stored,
@@ -823,7 +825,9 @@ def verify(sim: SimulatorProcess, db_path: Path, broken: str | None, checks: lis
         broken_rows = None
         if broken is not None:
             slug = schema_name(broken)
-            broken_rows = con.execute(f'SELECT count(*) FROM "{slug}".timeseries').fetchone()[0] if slug in tables else 0
+            broken_rows = (
+                con.execute(f'SELECT count(*) FROM "{slug}".timeseries').fetchone()[0] if slug in tables else 0
+            )
     return {"sites_checked": checked, "sites_exact": exact, "rows_compared": rows, "mismatches": mismatches,
             "not_stored_checked": unstored_checked, "not_stored_with_rows": unstored_with_rows,
             "broken_site_rows": broken_rows}
@@ -863,12 +867,14 @@ def row(result: dict, commit: str) -> str:
     )
     c = result["correctness"]
     sim = "site_status" if result["simulator"]["site_status_fault"] else "no site_status"
+    unstored = f", {c['not_stored_with_rows']} not stored hold rows" if c["not_stored_with_rows"] else ""
     return (
         f"| {datetime.now(UTC):%Y-%m-%d} | {commit} | {result['design']} | {result['sites']} | {drain} | "
         f"{t['runs_succeeded']}/{t['runs_failed']} | {t['sites_stored']}/{t['sites_healthy']} | {t['cpu_s']} | "
-        f"{result['quiet']['pct_of_one_core']} | {t['instance_kb_per_site']} / {t['instance_kb_per_site_checkpointed']} | "
+        f"{result['quiet']['pct_of_one_core']} | "
+        f"{t['instance_kb_per_site']} / {t['instance_kb_per_site_checkpointed']} | "
         f"{t['peak_rss_single_mib']} / {t['peak_rss_sum_mib']} | {c['sites_exact']}/{c['sites_checked']}"
-        f"{', %d not stored hold rows' % c['not_stored_with_rows'] if c['not_stored_with_rows'] else ''} | "
+        f"{unstored} | "
         f"{t['load_at_tick']:.1f} | {sim}; broken: {result['broken_mode']} |"
     )
 
@@ -908,7 +914,8 @@ def main() -> int:
     parser.add_argument("--progress", type=float, default=15.0, help="seconds between progress lines")
     parser.add_argument("--verify", type=int, default=0, help="check this many sites against the ground truth (0: all)")
     parser.add_argument("--cron", default=None, help="VITALS_SCHEDULE_CRON for the pipeline (default: as shipped)")
-    parser.add_argument("--any-minute", action="store_true", help="also measure ticks in the first 10 minutes of an hour")
+    parser.add_argument("--any-minute", action="store_true",
+                        help="also measure ticks in the first 10 minutes of an hour")
     parser.add_argument("--design", default=None, help="label of the design (default: from the runs of a tick)")
     parser.add_argument("--work-dir", default=None, help="folder for the DAGSTER_HOMEs and DuckDB files")
     parser.add_argument("--keep", action="store_true", help="keep each size's DAGSTER_HOME, DuckDB file and logs")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import commit, load_average, record  # noqa: E402
-from vitals_pipeline.ace import parse  # noqa: E402
-from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SiteSpec  # noqa: E402
+from bench.common import commit, load_average, record
+from vitals_pipeline.ace import parse
+from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SiteSpec
 
 START = datetime(2025, 10, 12, 10, 0, tzinfo=UTC)
 
@@ -55,9 +55,9 @@ def main() -> None:
     load = load_average()
     paths = {
         "parse_page": parse.parse_page,
-        "scanned": parse._parse_scanned,  # noqa: SLF001 - each path of our own parser
-        "Arrow JSON": parse._parse_columnar,  # noqa: SLF001
-        "orjson objects": parse._parse_objects,  # noqa: SLF001
+        "scanned": parse._parse_scanned,  # each path of our own parser
+        "Arrow JSON": parse._parse_columnar,
+        "orjson objects": parse._parse_objects,
     }
     figures = {}
     pages = {}

@@ -42,7 +42,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     BIN,
     RENDER,
     WARM,
@@ -58,7 +58,7 @@ from bench.common import (  # noqa: E402
     run_measured,
     step_log_figures,
 )
-from vitals_pipeline.windows import PARTITION, partition_key  # noqa: E402
+from vitals_pipeline.windows import PARTITION, partition_key
 
 SITE = "big"
 TARGET_DAY_SECONDS = 30.0

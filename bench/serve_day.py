@@ -91,8 +91,7 @@ def main() -> None:
 
     proc = server = None
     if args.in_process:
-        from vitals_pipeline.ace.simulator import (
-            Simulator, SimulatorConfig, SimulatorServer, SiteSpec)
+        from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
 
         sim = Simulator(SimulatorConfig([SiteSpec("big", points=args.points, interval=60)],
                                         cache_mb=args.cache_mb))

@@ -156,7 +156,7 @@ def main() -> int:
                 moment = now
                 if sensors.tick_due_within(moment, automation.schedule_cron, sensors.HOLD_BEFORE_TICK):
                     moment -= timedelta(seconds=70)
-                sensors._utcnow = lambda: moment  # noqa: SLF001 - the sensor's documented seam
+                sensors._utcnow = lambda: moment  # the sensor's documented seam
                 sensor = defs.get_sensor_def(sensors.CATCHUP_SENSOR_NAME)
                 for i in range(args.rounds + 1):
                     with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     BIN,
     Measured,
     Simulator,
@@ -45,8 +45,8 @@ from bench.common import (  # noqa: E402
     record,
     run_measured,
 )
-from vitals_pipeline.runtime import SWITCH, TWEAKS  # noqa: E402
-from vitals_pipeline.windows import PARTITION, partition_key  # noqa: E402
+from vitals_pipeline.runtime import SWITCH, TWEAKS
+from vitals_pipeline.windows import PARTITION, partition_key
 
 SITE = "big"
 DAY = datetime(2025, 10, 12, tzinfo=UTC)  # the day; the backfill takes the days up to its end

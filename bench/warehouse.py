@@ -70,7 +70,9 @@ def warehouse(kind: str, target: str):
     from vitals_pipeline.storage.postgres_warehouse import PostgresWarehouse
     from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 
-    return DuckDBWarehouse(database=target, lock_timeout_seconds=60) if kind == "duckdb" else PostgresWarehouse(url=target)
+    if kind == "duckdb":
+        return DuckDBWarehouse(database=target, lock_timeout_seconds=60)
+    return PostgresWarehouse(url=target)
 
 
 def store_sites(kind: str, target: str, sites: list[int], points: int, minutes: int) -> tuple[float, int]:
@@ -197,7 +199,9 @@ def measure(kind: str, target_for, args) -> dict:
     target = target_for("reader")
     store_sites(kind, target, [0], tick_points, tick_minutes)  # the table the reader reads
     hold = 20.0
-    reader = subprocess.Popen([sys.executable, "-c", READER, kind, target, str(hold)], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, kind, target, str(hold)], stdout=subprocess.PIPE, text=True
+    )
     assert reader.stdout.readline().strip() == "ready"
     wall, results = run_writers(kind, target, [sites[1:]], tick_points, tick_minutes)
     reader_result = json.loads(reader.communicate()[0].strip().splitlines()[-1])
@@ -241,13 +245,17 @@ def main() -> None:
 
                 rows.append(measure("postgres", database, args))
                 print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     load = os.getloadavg()[0]
     lines = []
     for r in rows:
         day = f"{r['day_s']:.1f} ({r['day_rows'] / r['day_s']:,.0f}/s)" if "day_s" in r else "-"
         writers = f"{r['writers_wall_s']:.1f}" + (f" ({r['writers_failed']} failed)" if r["writers_failed"] else "")
-        reader = f"{r['with_reader_wall_s']:.1f} (alone {r['alone_wall_s']:.1f})" + (f" ({r['with_reader_failed']} failed)" if r["with_reader_failed"] else "")
+        reader = f"{r['with_reader_wall_s']:.1f} (alone {r['alone_wall_s']:.1f})" + (
+            f" ({r['with_reader_failed']} failed)" if r["with_reader_failed"] else ""
+        )
         lines.append(
             f"| {datetime.now():%Y-%m-%d} | {commit} | {r['warehouse']} | {args.sites} | "
             f"{r['tick_s']:.2f} ({r['tick_rows'] / r['tick_s']:,.0f}/s) | {r['tick_again_s']:.2f} | {day} | "
@@ -258,7 +266,8 @@ def main() -> None:
             print(f"  {r['warehouse']}: {error}")
     header = (
         "| date | commit | warehouse | sites | tick s (samples/s) | same tick again s | day of 4,500 points s "
-        "(samples/s) | W writer processes: wall s | a writer process with a reader connected (alone) s | reader's slowest query s | "
+        "(samples/s) | W writer processes: wall s | a writer process with a reader connected (alone) s | "
+        "reader's slowest query s | "
         "B/sample | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     print(header)

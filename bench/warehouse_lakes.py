@@ -110,11 +110,11 @@ def reader(fmt: str, root: str, seconds: float) -> None:
             if fmt == "delta":
                 from deltalake import DeltaTable
 
-                DeltaTable(f"{root}/s0").to_pyarrow_table().num_rows
+                _ = DeltaTable(f"{root}/s0").to_pyarrow_table().num_rows
             else:
                 from pyiceberg.catalog.sql import SqlCatalog
 
-                SqlCatalog("bench", uri=f"sqlite:///{root}/catalog.db", warehouse=f"file://{root}") \
+                _ = SqlCatalog("bench", uri=f"sqlite:///{root}/catalog.db", warehouse=f"file://{root}") \
                     .load_table("vitals.s0").scan().to_arrow().num_rows
             reads += 1
         except Exception:  # noqa: BLE001 - counted

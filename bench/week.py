@@ -26,8 +26,8 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, Simulator, bench_home, commit, load_average, record  # noqa: E402
-from vitals_pipeline.windows import PARTITION, partition_key  # noqa: E402
+from bench.common import BIN, Simulator, bench_home, commit, load_average, record
+from vitals_pipeline.windows import PARTITION, partition_key
 
 SITE = "big"
 

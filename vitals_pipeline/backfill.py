@@ -73,7 +73,7 @@ def backfill(
         failed = [site for site in active if site in errors]
         status = f"{stored:,} samples of {len(active) - len(failed)} sites in {seconds:.1f}s"
         if failed:
-            status += f"; FAILED: " + "; ".join(f"{site}: {errors[site]}" for site in failed)
+            status += "; FAILED: " + "; ".join(f"{site}: {errors[site]}" for site in failed)
         progress(f"[{i}/{len(chunks)}] {chunk}: {status} (run {run_id[:8]})")
         active = [site for site in active if site not in errors]
     return results
@@ -89,7 +89,7 @@ def _free_run_outputs(result: dg.ExecuteInProcessResult) -> None:
     bench/week.py: without this, the first day's frame (~190 MB) stayed and every later run of a
     week peaked that much higher; before the garbage collector ran, each run added ~300 MB.
     """
-    result._output_capture.clear()  # noqa: SLF001 - no public way to drop captured outputs
+    result._output_capture.clear()  # no public way to drop captured outputs
     gc.collect()  # the rest of the run's objects sit in reference cycles
 
 

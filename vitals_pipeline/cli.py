@@ -139,7 +139,7 @@ def init(postgres: bool, force: bool) -> None:
             # end in "too many retries for DB connection".
             _check_pg_connection(pg_url)
         _initialise_storage()
-    except Exception as exc:  # the operator gets what failed and what to do, not a traceback
+    except Exception as exc:  # noqa: BLE001 - the operator gets what failed and what to do, not a traceback
         message = _without_password(_describe(exc), pg_url)
         hint = (
             f"Check that the server is up, that the database exists and that {PG_URL_VARIABLE} "
@@ -399,7 +399,7 @@ def status(as_json: bool, duckdb_wait: float) -> None:
         else:
             with contextlib.redirect_stdout(sys.stderr):  # keep --json output clean
                 ensure_dagster_home()
-    except Exception as exc:  # a status command reports, it does not crash
+    except Exception as exc:  # noqa: BLE001 - a status command reports, it does not crash
         click.echo(f"vitals status: DOWN (exit 2): cannot open DAGSTER_HOME: {type(exc).__name__}: {exc}")
         sys.exit(2)
     code = run_status(as_json=as_json, duckdb_wait_seconds=duckdb_wait, echo=click.echo)
@@ -456,7 +456,7 @@ def backfill(first: str, last: str, sites: str | None, chunk_hours: float) -> No
 
 
 def _switch_sites(sites: tuple[str, ...], pause: bool) -> None:
-    from vitals_pipeline.automation.pause import paused_sites, pause_sites, resume_sites
+    from vitals_pipeline.automation.pause import pause_sites, paused_sites, resume_sites
     from vitals_pipeline.config import Settings
     from vitals_pipeline.storage.names import schema_name
 
@@ -505,7 +505,8 @@ def resume(sites: tuple[str, ...]) -> None:
 @click.option("--keep-days", default=14, show_default=True, type=click.IntRange(min=0),
               help="Keep everything of the last KEEP_DAYS days.")
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
-@click.option("--vacuum", is_flag=True, help="Give the freed space back to the disk (SQLite; locks the index meanwhile).")
+@click.option("--vacuum", is_flag=True,
+              help="Give the freed space back to the disk (SQLite; locks the index meanwhile).")
 def prune(keep_days: int, dry_run: bool, vacuum: bool) -> None:
     """Drop what partition status does not need from the Dagster instance (DAGSTER_HOME):
     superseded materializations, old check history, old runs' logs. Partition status in the UI

@@ -31,7 +31,6 @@ from vitals_pipeline.automation.gaps import catchup_window, find_gaps
 from vitals_pipeline.automation.pause import paused_sites
 from vitals_pipeline.automation.runs import (
     TRIGGER_TAG,
-    run_errors,
     run_partition_range,
     run_sites,
     run_window_text,
@@ -101,7 +100,7 @@ def collect_status(
                 runs=runs,
                 checks=_check_results((check_keys or {}).get(site, []), latest_checks),
             )
-        except Exception as exc:  # one unreadable site must not hide the others
+        except Exception as exc:  # noqa: BLE001 - one unreadable site must not hide the others
             report = {
                 "site": site,
                 "health": DOWN,
@@ -493,7 +492,7 @@ def run_status(*, as_json: bool, duckdb_wait_seconds: float, echo=print) -> int:
         return EXIT_CODES[DOWN]
     try:
         check_keys = site_check_keys(settings)
-    except Exception:  # a broken definition must not hide the rest of the status
+    except Exception:  # noqa: BLE001 - a broken definition must not hide the rest of the status
         check_keys = {}
     try:
         with dg.DagsterInstance.get() as instance:
@@ -504,7 +503,7 @@ def run_status(*, as_json: bool, duckdb_wait_seconds: float, echo=print) -> int:
                 duckdb_wait_seconds=duckdb_wait_seconds,
                 check_keys=check_keys,
             )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a message and exit code 2, never a traceback
         echo(_error_output(as_json, f"could not read the Dagster instance: {type(exc).__name__}: {exc}"))
         return EXIT_CODES[DOWN]
     echo(json.dumps(report, indent=2, default=str) if as_json else render_text(report))

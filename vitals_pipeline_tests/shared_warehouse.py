@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from vitals_pipeline_tests.helpers import Row

@@ -15,8 +15,8 @@ from vitals_pipeline.assets.archive import ARCHIVE_CHECK, archive_key
 from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.config import ConfigError, Settings, parse_archive_uri
 from vitals_pipeline.definitions import build_definitions
-from vitals_pipeline_tests.helpers import run_assets, step_failures
 from vitals_pipeline_tests.conftest import SITE, simulator
+from vitals_pipeline_tests.helpers import run_assets, step_failures
 
 DAY = "2026-03-09"
 FIRST, LAST = "2026-03-09-10:00", "2026-03-09-11:55"

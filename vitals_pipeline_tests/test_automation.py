@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster import DagsterEventType
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from dagster._core.scheduler.instigation import TickStatus

@@ -7,7 +7,6 @@ import duckdb
 import pytest
 
 from vitals_pipeline.ace.simulator import SiteSpec
-
 from vitals_pipeline.backfill import backfill
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions

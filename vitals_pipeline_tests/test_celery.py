@@ -194,7 +194,7 @@ def test_a_tick_runs_its_shard_steps_on_the_workers_and_lands_exactly(stack):
     # The `duckdb` pool sends one step at a time, and Redis hands it to either idle worker: over
     # a few runs of the tick (each a re-fetch of the same window) both workers take steps.
     ran_by: dict[str, set[str]] = {}
-    for attempt in range(MAX_TICK_RUNS):
+    for attempt in range(MAX_TICK_RUNS):  # noqa: B007 - the count is reported after the loop
         result = run_on_celery(stack.instance, request)
         assert result.success, [w.log_tail() for w in stack.workers]
         for worker in stack.workers:
@@ -233,7 +233,7 @@ def test_a_worker_killed_mid_step_loses_and_duplicates_nothing(stack):
     def orchestrate():
         try:
             outcome["result"] = run_on_celery(stack.instance, request, **{"vitals-test/tick": tag})
-        except BaseException as exc:  # reported by the test's thread below
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread below
             outcome["error"] = exc
 
     stack.sim.faults.site_slow_seconds = {SLOW: 8.0}

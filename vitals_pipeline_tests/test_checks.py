@@ -19,11 +19,11 @@ from vitals_pipeline.assets.fleet import spread_slot
 from vitals_pipeline.assets.keys import archive_key, points_key, range_tags, timeseries_key
 from vitals_pipeline.assets.quality_daily import quality_daily_key
 from vitals_pipeline.assets.timeseries import build_timeseries_asset
-from vitals_pipeline.checks import recording, specs
-from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.automation.jobs import FLEET_JOB
 from vitals_pipeline.automation.rollups import DAILY_JOB, ROLLUP_SENSOR
 from vitals_pipeline.automation.runs import TRIGGER_TAG
+from vitals_pipeline.checks import recording, specs
+from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
 from vitals_pipeline.resources import AceResource
@@ -203,7 +203,9 @@ def test_samples_stored_outside_their_window_fail_the_run(with_points, instance)
 
 
 def test_an_outage_fails_completeness_with_warn_then_error(sim, with_points, instance):
-    sim.faults.outages = [["2026-03-09T10:00:00", "2026-03-09T10:10:00"], ["2026-03-09T12:00:00", "2026-03-09T12:30:00"]]
+    sim.faults.outages = [
+        ["2026-03-09T10:00:00", "2026-03-09T10:10:00"], ["2026-03-09T12:00:00", "2026-03-09T12:30:00"]
+    ]
     partial = hour_run(instance)
     assert partial.success  # completeness never blocks
     got = checks(partial)["completeness"]
@@ -526,7 +528,7 @@ def test_quality_daily_materializes_once_its_day_is_complete(sim, with_points, m
     )
     assert len(rows) == len(sim.points(SITE))
     intervals = {p["name"]: p["collect_interval"] for p in sim.points(SITE)}
-    for point, partitions, expected, actual, completeness, status in rows:
+    for point, partitions, expected, _actual, completeness, status in rows:
         assert partitions == 48
         if intervals[point]:
             assert expected == pytest.approx(4 * 3600 / intervals[point])

@@ -37,7 +37,8 @@ def client_for(server, *, key=SIM_KEY, page_size=50000, sleeps=None, timeout=5.0
 
 def fetched_rows(client, site=SITE, start=START, end=END, stats=None):
     table = client.fetch_timeseries(site, start, end, stats)
-    return list(zip(table.column("name").to_pylist(), table.column("time").to_pylist(), table.column("value").to_pylist(), strict=True))
+    return list(zip(table.column("name").to_pylist(), table.column("time").to_pylist(),
+                    table.column("value").to_pylist(), strict=True))
 
 
 @pytest.mark.parametrize("page_size", [3, 10, 500, 50000])
@@ -54,7 +55,9 @@ def test_paging_returns_ground_truth_at_any_page_size(page_size, defect):
     assert stats.pages == -(-len(rows) // page_size)
 
 
-@pytest.mark.parametrize("fault", ["429", "429-date", "500", "502", "503", "504", "reset", "truncate", "invalid_json", "timeout"])
+@pytest.mark.parametrize(
+    "fault", ["429", "429-date", "500", "502", "503", "504", "reset", "truncate", "invalid_json", "timeout"]
+)
 def test_each_transient_fault_is_retried_and_loses_nothing(sim, server, fault):
     sim.faults.hang_seconds = 3
     sim.faults.retry_after = 2
@@ -101,7 +104,10 @@ def test_a_400_is_reported_with_ace_s_reason_and_not_retried(server):
 def test_persistent_5xx_gives_up_within_the_attempt_budget(sim, server):
     sim.faults.server_error_every = 1
     sleeps: list[float] = []
-    with client_for(server, sleeps=sleeps, attempts=4) as client, pytest.raises(AceUnavailableError, match="ACE_API_URL"):
+    with (
+        client_for(server, sleeps=sleeps, attempts=4) as client,
+        pytest.raises(AceUnavailableError, match="ACE_API_URL"),
+    ):
         client.fetch_timeseries(SITE, START, END)
     assert len(sleeps) == 3
     assert all(0 < s <= RetrySettings().max_backoff for s in sleeps)
@@ -118,7 +124,8 @@ def test_repeatedly_truncated_pages_shrink_the_page_size(sim, server):
 
 def test_unreachable_host_is_reported_after_retries():
     sleeps: list[float] = []
-    client = AceClient("http://127.0.0.1:9/api", "k", retry=RetrySettings(max_attempts=3, budget_seconds=10), sleep=sleeps.append)
+    client = AceClient("http://127.0.0.1:9/api", "k", retry=RetrySettings(max_attempts=3, budget_seconds=10),
+                       sleep=sleeps.append)
     with client, pytest.raises(AceUnavailableError, match="ConnectError"):
         client.fetch_timeseries(SITE, START, END)
     assert len(sleeps) == 2

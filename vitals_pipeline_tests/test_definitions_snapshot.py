@@ -61,7 +61,9 @@ def describe(defs: dg.Definitions) -> dict:
     for job in sorted(defs.jobs or [], key=lambda j: j.name):
         resolved = defs.resolve_job_def(job.name)
         keys = resolved.asset_layer.executable_asset_keys if resolved.asset_layer else set()
-        jobs[job.name] = sorted(k.to_user_string() for k in keys) or ["(ops) " + ", ".join(sorted(resolved.graph.node_names()))]
+        jobs[job.name] = sorted(k.to_user_string() for k in keys) or [
+            "(ops) " + ", ".join(sorted(resolved.graph.node_names()))
+        ]
     schedules = {
         s.name: {"cron": s.cron_schedule, "timezone": s.execution_timezone,
                  "default": s.default_status.value, "job": s.job_name}

@@ -22,8 +22,8 @@ from vitals_pipeline.automation.rollups import DAILY_JOB, HOURLY_JOB, ROLLUP_SEN
 from vitals_pipeline.automation.runs import TRIGGER_TAG
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
-from vitals_pipeline_tests.helpers import QUIET, run_assets, step_failures
 from vitals_pipeline_tests.conftest import SITE, simulator
+from vitals_pipeline_tests.helpers import QUIET, run_assets, step_failures
 
 T0 = datetime(2026, 3, 9, 10, 0)  # naive UTC, as stored
 
@@ -284,7 +284,9 @@ def test_the_rollup_sensor_runs_by_default_and_targets_every_site(pipeline_env, 
     }
     assert targeted == {
         HOURLY_JOB: {hourly_key(site) for site in (SITE, "other_site")},
-        DAILY_JOB: {dg.AssetKey([site, name]) for site in (SITE, "other_site") for name in ("archive", "quality_daily")},
+        DAILY_JOB: {
+            dg.AssetKey([site, name]) for site in (SITE, "other_site") for name in ("archive", "quality_daily")
+        },
     }
     # No asset is driven by declarative automation: the schedule, the catch-up and this sensor
     # decide every run (its evaluations cost the daemon too much at hundreds of sites).

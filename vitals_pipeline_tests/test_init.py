@@ -211,7 +211,8 @@ def test_a_wheel_installed_outside_the_checkout_inits_and_runs_the_demo(tmp_path
     # Appended after the new venv's own site-packages: the wheel's vitals_pipeline comes first;
     # the editable install's finder in this venv is not loaded (a .pth path is no site dir).
     Path(purelib, "project_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+                   check=True, timeout=300)
     installed = time.monotonic()
 
     work = tmp_path / "elsewhere"

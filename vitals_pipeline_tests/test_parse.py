@@ -88,7 +88,9 @@ def test_parse_page_rejects_truncated_or_foreign_bodies(body):
 
 def test_point_unit_prefers_bacnet_then_kv_tags():
     assert point_unit({"bacnet_data": {"object_units": "degrees-fahrenheit"}}) == "degrees-fahrenheit"
-    assert point_unit({"bacnet_data": {"object_units": "property: unknown-property"}, "kv_tags": {"unit": "kW"}}) == "kW"
+    assert point_unit(
+        {"bacnet_data": {"object_units": "property: unknown-property"}, "kv_tags": {"unit": "kW"}}
+    ) == "kW"
     assert point_unit({"bacnet_data": {"object_units": "property: unknown-property"}}) is None
 
 
@@ -171,7 +173,7 @@ def test_columnar_page_parse_declines_or_agrees_with_the_object_parse(doc, dump)
     for fast_path in (_parse_scanned, _parse_columnar):
         fast = fast_path(body)
         if fast is not None:
-            assert _page_or_error(lambda b: fast, body) == _page_or_error(_parse_objects, body)
+            assert _page_or_error(lambda b, fast=fast: fast, body) == _page_or_error(_parse_objects, body)
     assert _page_or_error(parse_page, body) == _page_or_error(_parse_objects, body)
 
 
@@ -220,7 +222,7 @@ def test_the_scanned_path_reads_brackets_in_strings_and_runs_of_nulls(dump):
         body = dump({"point_samples": samples, "next_cursor": cursor, "has_more": True})
         scanned = _parse_scanned(body)
         assert scanned is not None, body
-        assert _page_or_error(lambda b: scanned, body) == _page_or_error(_parse_objects, body)
+        assert _page_or_error(lambda b, scanned=scanned: scanned, body) == _page_or_error(_parse_objects, body)
         assert scanned.columns.column(2).to_pylist() == values
     every_null = dump({"point_samples": [{"name": "a", "value": None, "time": "t"}] * 3})
     assert _parse_scanned(every_null).columns.column(2).to_pylist() == [None] * 3
@@ -266,7 +268,9 @@ def test_a_page_of_string_samples_takes_the_columnar_path():
 
 def test_null_values_take_the_columnar_path_and_a_missing_value_key_does_not():
     t = "2026-01-01T00:00:00"
-    nulls = orjson.dumps({"point_samples": [{"name": "a", "time": t, "value": None}, {"name": "b", "time": t, "value": "1"}]})
+    nulls = orjson.dumps(
+        {"point_samples": [{"name": "a", "time": t, "value": None}, {"name": "b", "time": t, "value": "1"}]}
+    )
     spaced = nulls.replace(b'"value":null', b'"value" : null')
     ace = nulls.replace(b'":', b'": ').replace(b',"', b', "')  # ACE's spelling: `"value": null`
     assert b'"value": null' in ace

@@ -359,7 +359,9 @@ def test_history_before_the_window_feeds_the_rolling_rules():
     assert cells(a)[(ZONE[0], at(0))]["flatline"]
     assert a.history_start == at(0) - history_span(point_rules(points(ZONE), T), T)
     # Without the history there is not an hour of evidence.
-    assert not cells(assess(every(ZONE[0], at(0), at(5), 60, 71.5), points(ZONE), minutes=5))[(ZONE[0], at(0))]["flatline"]
+    assert not cells(assess(every(ZONE[0], at(0), at(5), 60, 71.5), points(ZONE), minutes=5))[
+        (ZONE[0], at(0))
+    ]["flatline"]
 
 
 def test_stored_rows_the_run_lacks_count_like_the_merge_keeps_them():
@@ -372,8 +374,10 @@ def test_stored_rows_the_run_lacks_count_like_the_merge_keeps_them():
 
 
 def test_a_silent_device_and_a_frozen_device_are_stale():
-    frozen_a = ("s/AHU-9/RA-T", "AHU-9", "degrees-fahrenheit", 60, "sampled", "sensor return air temp", "return_air_temp")
-    frozen_b = ("s/AHU-9/SA-T", "AHU-9", "degrees-fahrenheit", 60, "sampled", "sensor discharge air temp", "supply_air_temp")
+    frozen_a = ("s/AHU-9/RA-T", "AHU-9", "degrees-fahrenheit", 60, "sampled", "sensor return air temp",
+                "return_air_temp")
+    frozen_b = ("s/AHU-9/SA-T", "AHU-9", "degrees-fahrenheit", 60, "sampled", "sensor discharge air temp",
+                "supply_air_temp")
     rows = every(ZONE[0], at(0), at(100), 60, wiggle) + every(FLOW[0], at(0), at(10), 60, wiggle)
     rows += every(frozen_a[0], at(0), at(125), 60, 70.0) + every(frozen_b[0], at(0), at(125), 60, 55.0)
     rows += every(OAT[0], at(0), at(125), 900, wiggle)
@@ -428,7 +432,8 @@ def test_stored_window_is_reconciled_by_count_and_explained_by_keys_when_it_is_n
 def test_checks_needing_the_points_table_fail_with_a_warning_when_it_is_missing():
     """Without points no expectation is known: the 4 points-dependent checks cannot pass. They fail
     at WARN (never blocking the store) and say what to materialize; the others are judged."""
-    a = assess(every(ZONE[0], at(0), at(5), 60, 72.0), pa.table({f.name: [] for f in POINT_SCHEMA}, schema=POINT_SCHEMA), minutes=5)
+    a = assess(every(ZONE[0], at(0), at(5), 60, 72.0),
+               pa.table({f.name: [] for f in POINT_SCHEMA}, schema=POINT_SCHEMA), minutes=5)
     rq = specs.RunQuality("s", "s", Window(START, START + PARTITION), T, a, a.partition_figures)
     stored = specs.StoredFigures(stored_rows=5, expected_rows=5)
     results = {r.check_name: r for r in specs.build_results(rq, stored, specs.SourceFigures(), START)}

@@ -32,7 +32,7 @@ from vitals_pipeline.ace.simulator import SimulatorServer, SiteSpec
 from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.config import ConfigError, Settings
 from vitals_pipeline.definitions import build_definitions, choose_warehouse
-from vitals_pipeline.storage.duckdb_io import CompanionTable, WindowBundle, store_slice
+from vitals_pipeline.storage.duckdb_io import CompanionTable, store_slice
 from vitals_pipeline.storage.postgres_warehouse import PostgresWarehouse
 from vitals_pipeline.storage.warehouse import DuckDBWarehouse
 from vitals_pipeline.windows import floor_to_partition, partition_key, window_for_keys

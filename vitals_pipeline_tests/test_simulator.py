@@ -335,7 +335,7 @@ def test_error_statuses_and_bodies_are_ace_s(server, http):
     bad = httpx.get(f"{api}/sites/{OFFICE}{TS}", params=window(),
                     headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 500 and bad.json() == {"message": "An unhandled exception occurred."}
-    for path in (f"sites/nope", f"sites/nope{TS}", "sites/nope/configured_points"):
+    for path in ("sites/nope", f"sites/nope{TS}", "sites/nope/configured_points"):
         r = http.get(path, params=window())
         assert r.status_code == 403 and r.json() and all(v is None for v in r.json().values())
     r = http.get(f"sites/{OFFICE}{TS}", params=window(page_size=30000))

@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
-from vitals_pipeline.ace.simulator import model
+from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec, model
 from vitals_pipeline.ace.wire import format_wire_time, parse_wire_time
 
 KEY = "no-cache-key"

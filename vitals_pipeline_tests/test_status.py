@@ -16,11 +16,11 @@ import pytest
 
 from vitals_pipeline.ace.simulator import Simulator, SimulatorConfig, SimulatorServer, SiteSpec
 from vitals_pipeline.assets.keys import range_tags, timeseries_key
+from vitals_pipeline.automation.jobs import FLEET_JOB
+from vitals_pipeline.automation.pause import pause_sites
 from vitals_pipeline.automation.settings import AutomationSettings
 from vitals_pipeline.config import Settings
 from vitals_pipeline.definitions import build_definitions
-from vitals_pipeline.automation.jobs import FLEET_JOB
-from vitals_pipeline.automation.pause import pause_sites
 from vitals_pipeline.status import (
     DEGRADED,
     DOWN,

@@ -35,12 +35,12 @@ from vitals_pipeline.storage import (
     VitalsDuckDBIOManager,
     WindowBundle,
     connect_duckdb,
+    duckdb_io,
     duckdb_type,
     load_slice,
     schema_name,
     store_slice,
 )
-from vitals_pipeline.storage import duckdb_io
 
 SITE = "demo_office"
 T0 = datetime(2025, 10, 12, 14, 0)  # naive UTC, a 5-minute boundary

@@ -251,7 +251,7 @@ def test_clean_window_matches_a_python_model(rows, rng, with_duplicates):
         ((p, naive_start + timedelta(microseconds=o), v, r) for (p, o), (v, r) in kept.items()),
         key=lambda row: (row[1], row[0]),
     )
-    for (point, offset), (value, raw) in kept.items():
+    for (_point, offset), (value, raw) in kept.items():
         f = figures[keys[offset // 300_000_000]]
         f["samples"] += 1
         f["null_values"] += value is None

@@ -154,8 +154,12 @@ def test_site_without_weather_feed_is_skipped_not_failed(sim, pipeline_env, monk
     # No reading is stored for it. (The IO manager stores the empty frame as it stores any empty
     # frame of known types: the site's weather table may exist, empty; see test_storage.)
     with duckdb.connect(pipeline_env["VITALS_DUCKDB_PATH"], read_only=True) as con:
-        tables = {r[0] for r in con.execute("SELECT schema_name FROM duckdb_tables() WHERE table_name = 'weather'").fetchall()}
-        no_feed_rows = con.execute(f"SELECT count(*) FROM {NO_FEED_SITE}.weather").fetchone()[0] if NO_FEED_SITE in tables else 0
+        tables = {
+            r[0] for r in con.execute("SELECT schema_name FROM duckdb_tables() WHERE table_name = 'weather'").fetchall()
+        }
+        no_feed_rows = (
+            con.execute(f"SELECT count(*) FROM {NO_FEED_SITE}.weather").fetchone()[0] if NO_FEED_SITE in tables else 0
+        )
     assert SITE in tables and len(stored(pipeline_env["VITALS_DUCKDB_PATH"])) == 9
     assert no_feed_rows == 0
 

@@ -97,7 +97,7 @@ class Cursor:
         try:
             body = orjson.loads(base64.b64decode(token, validate=False))
             return cls(parse_wire_time(body["timestamp"]), int(body["offset"]))
-        except Exception as exc:  # noqa: BLE001 - any malformed token is the same problem
+        except Exception as exc:  # any malformed token is the same problem
             raise ValueError(f"not an ACE cursor: {token[:60]!r}") from exc
 
 

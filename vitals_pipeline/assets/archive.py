@@ -24,12 +24,12 @@ import dagster as dg
 import duckdb
 
 from vitals_pipeline.assets.fleet import SiteFailures, selected_sites
-from vitals_pipeline.assets.keys import DAY_FMT, archive_key, daily_partitions, timeseries_dep, timeseries_key
+from vitals_pipeline.assets.keys import archive_key, daily_partitions, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
-from vitals_pipeline.storage.warehouse import Warehouse
 from vitals_pipeline.storage.duckdb_io import naive_utc, table_exists
 from vitals_pipeline.storage.lens import need
+from vitals_pipeline.storage.warehouse import Warehouse
 
 DAY = timedelta(days=1)
 ARCHIVE_CHECK = "archive_row_count_matches"

@@ -27,15 +27,14 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vitals_pipeline.assets.fleet import SiteFailures, output_name, selected_sites
 from vitals_pipeline.assets.keys import hourly_key, hourly_partitions, points_key, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
-from vitals_pipeline.storage.warehouse import Warehouse
 from vitals_pipeline.storage.duckdb_io import catalog_name, naive_utc, table_exists
 from vitals_pipeline.storage.lens import need
+from vitals_pipeline.storage.warehouse import Warehouse
 
 HOUR = timedelta(hours=1)
 HOURLY_FMT = "%Y-%m-%d-%H:%M"  # Dagster's own hourly format, and the 5-minute one

@@ -22,7 +22,6 @@ from vitals_pipeline.storage.schema import POINTS_MERGE_KEYS
 from vitals_pipeline.storage.warehouse import Warehouse
 
 
-
 def build_points_asset(settings: Settings) -> dg.AssetsDefinition:
     sites = list(settings.sites)
     outs = {

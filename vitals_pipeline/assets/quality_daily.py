@@ -39,9 +39,9 @@ from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage.duckdb_io import naive_utc
 from vitals_pipeline.storage.lens import need
-from vitals_pipeline.storage.warehouse import Warehouse
 from vitals_pipeline.storage.schema import quote_identifier as _q
 from vitals_pipeline.storage.schema import schema_name
+from vitals_pipeline.storage.warehouse import Warehouse
 
 DAILY_TABLE = "quality_daily"
 DAILY_MERGE_KEYS = ("point", "day")

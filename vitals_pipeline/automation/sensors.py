@@ -26,13 +26,13 @@ import dagster as dg
 from vitals_pipeline.assets.keys import range_tags, timeseries_key
 from vitals_pipeline.automation.gaps import (
     MAX_RUN_PARTITIONS,
-    run_partitions_for,
     Batch,
     Gap,
     batch_gaps,
     catchup_window,
     find_gaps,
     marker_for,
+    run_partitions_for,
 )
 from vitals_pipeline.automation.pause import paused_sites
 from vitals_pipeline.automation.runs import TRIGGER_TAG

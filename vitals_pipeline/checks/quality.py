@@ -504,7 +504,9 @@ def judge(
             "flat_tolerance": pa.array(tol, pa.float64(), from_pandas=True),
             "configured": pa.array(configured_mask),
             "expected": pa.array(np.where(sampled[:, 0], expected.sum(axis=1), np.nan), pa.float64(), from_pandas=True),
-            "missing": pa.array(np.where(sampled[:, 0], np.nansum(missing, axis=1), np.nan), pa.float64(), from_pandas=True),
+            "missing": pa.array(
+                np.where(sampled[:, 0], np.nansum(missing, axis=1), np.nan), pa.float64(), from_pandas=True
+            ),
             "actual": pa.array(actual.sum(axis=1), pa.int64()),
             "nulls": pa.array(nulls.sum(axis=1), pa.int64()),
             "non_numeric": pa.array(non_numeric.sum(axis=1), pa.int64()),

@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vitals_pipeline.checks.catalog import CHECK_NAMES, CHECKS, CheckInfo  # noqa: F401 - re-exported
 from vitals_pipeline.checks.quality import (
     QUALITY_MERGE_KEYS,
     QUALITY_TABLE,
@@ -34,7 +35,6 @@ from vitals_pipeline.checks.quality import (
     stored_rows,
     table_exists,
 )
-from vitals_pipeline.checks.catalog import CHECK_NAMES, CHECKS, CheckInfo  # noqa: F401 - re-exported
 from vitals_pipeline.checks.rules import completeness_verdict, point_rules
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.storage.duckdb_io import CompanionTable

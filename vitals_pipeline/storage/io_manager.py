@@ -54,7 +54,7 @@ def _window(context: dg.OutputContext | dg.InputContext) -> Window | None:
         return None
     try:
         time_window = context.asset_partitions_time_window
-    except Exception as exc:  # noqa: BLE001 - any partitioning without a time window
+    except Exception as exc:  # any partitioning without a time window
         raise NotImplementedError(
             f"{context.asset_key.to_user_string()}: only time-window partitions are supported by "
             f"the vitals DuckDB IO manager ({exc})"

@@ -53,6 +53,7 @@ def summarize(db_path: str, sites: list[str]) -> list[str]:
     lines.append(f"DuckDB file: {path} ({size / 1e6:.1f} MB)")
     lines.append(
         f"""Query it:    .venv/bin/python -c "import duckdb; print(duckdb.connect('{path}', read_only=True)"""
-        f""".sql('SELECT point, count(*), avg(value) FROM {schema_name(sites[0]) if sites else 'main'}.timeseries GROUP BY 1 LIMIT 5'))" """
+        f""".sql('SELECT point, count(*), avg(value) FROM {schema_name(sites[0]) if sites else 'main'}"""
+        """.timeseries GROUP BY 1 LIMIT 5'))" """
     )
     return lines

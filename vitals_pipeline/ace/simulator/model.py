@@ -561,7 +561,7 @@ class _FaultPlan:
         row_of[site.row_pid] = np.arange(len(pts))
         self.row_override = np.zeros(len(pts), dtype=np.int64)
         self.row_override_value = np.zeros(len(pts), dtype=np.float64)
-        for i, pid in enumerate(self.stuck):
+        for pid in self.stuck:
             r = row_of[pid]
             self.row_override[r] = 1
             self.row_override_value[r] = round(70.0 + 4.0 * _u(site.seed, 41, pid), 1)

@@ -246,7 +246,7 @@ class SimulatorServer:
                 return
             try:
                 self.sim.warm(*job)
-            except Exception:  # noqa: BLE001 - prefetching is best effort
+            except Exception:  # prefetching is best effort
                 log.debug("prefetch failed", exc_info=True)
 
 
@@ -276,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the stdlib signature
         pass
 
     def setup(self) -> None:
@@ -350,10 +350,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._in_flight = False
             self.app._answered()
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         self._dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -380,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply.status, reply.body, reply.content_type, reply.headers)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
-        except Exception:  # noqa: BLE001 - answer like ACE does, and say why in the log
+        except Exception:  # answer like ACE does, and say why in the log
             log.exception("simulator error on %s %s", self.command, self.path)
             try:
                 self._send(500, UNHANDLED)
