@@ -292,7 +292,7 @@ def test_operator_walk(walk, subtests):
         walk.step("6-fleet-status"),
     ):
         # The simulator refuses stack.behind (403): never stored. The fleet-status sensor (every
-        # 2 minutes) observes fleet/status with the sites that are behind.
+        # 5 minutes, first when the daemon starts) observes fleet/status with the sites behind.
         behind = stack.behind
         status = ui.wait_until(
             lambda: (
