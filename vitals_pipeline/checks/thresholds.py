@@ -1,4 +1,4 @@
-"""Every data-quality threshold, in one place, with the defaults of ../shared/quality.md.
+"""Every data-quality threshold, in one place, with the defaults docs/data-quality.md explains.
 
 `QualityThresholds.from_env()` reads them once when the definitions load. Each field can be
 overridden by an environment variable named `VITALS_QUALITY_<FIELD>` (upper case), e.g.
