@@ -312,6 +312,25 @@ def test_bad_values_are_counted_by_kind():
     assert (summary["oor_min"], summary["oor_max"], summary["oor_ts"]) == (180.0, 180.0, zone[0][1])
 
 
+@pytest.mark.parametrize(
+    ("spec", "sentinel"),
+    [(ZONE, -999.0), (FLOW, 65535.0)],  # a point with a physical range, and one without (cfm)
+)
+def test_a_sentinel_alone_makes_the_partition_a_fault(spec, sentinel):
+    """Complete, in range, not flat, no null, no text: the one sentinel is the partition's only
+    problem (it is not counted out of range either), and it alone must make it a fault."""
+    clean = every(spec[0], at(0), at(5), 60, wiggle)
+    got = cells(assess(clean, points(spec), minutes=5))[(spec[0], at(0))]
+    assert (got["actual"], got["missing"], got["sentinels"], got["status"]) == (5, 0.0, 0, "ok")
+
+    one_sentinel = clean[:2] + [(spec[0], clean[2][1], sentinel)] + clean[3:]
+    got = cells(assess(one_sentinel, points(spec), minutes=5))[(spec[0], at(0))]
+    assert (got["actual"], got["missing"], got["nulls"], got["non_numeric"]) == (5, 0.0, 0, 0)
+    assert (got["sentinels"], got["out_of_range"], got["flatline"]) == (1, 0, False)
+    assert got["status"] == "fault"
+    assert got["reason"] == "1 sentinel values"
+
+
 def test_celsius_points_get_the_converted_range():
     metric = ("s/AHU-2/ZN-T", "AHU-2", "degrees-celsius", 60, "sampled", "sensor zone air temp", "zone_temp")
     rows = every(metric[0], at(0), at(5), 60, lambda i: 22.0 if i else 40.0)  # 40 degC = 104 degF
