@@ -26,6 +26,7 @@ from vitals_pipeline.checks.rules import (
 )
 from vitals_pipeline.checks.thresholds import DEFAULT_RANGES, QualityThresholds
 from vitals_pipeline.config import ConfigError
+from vitals_pipeline.samples import clean_window
 from vitals_pipeline.windows import PARTITION, Window
 
 T = QualityThresholds()
@@ -428,6 +429,11 @@ def test_future_rows_are_counted_against_now_plus_tolerance():
     rows = samples([(ZONE[0], at(0), 1.0), (ZONE[0], at(6), 1.0), (ZONE[0], at(30), 1.0)])
     assert specs.count_future(rows, START, T) == 2
     assert specs.count_future(rows, START + timedelta(minutes=30), T) == 0
+    # Counting drops nothing: cleaning keeps the future row inside the window (10:06) and drops
+    # the one outside it (10:30) as out of the window, whatever the clock says.
+    cleaned = clean_window(rows, Window(START, START + timedelta(minutes=10)))
+    assert cleaned.samples.column("ts").to_pylist() == [at(0), at(6)]
+    assert cleaned.out_of_window_dropped == 1
 
 
 def test_stored_window_is_reconciled_by_count_and_explained_by_keys_when_it_is_not():
