@@ -26,6 +26,7 @@ from vitals_pipeline.checks.rules import (
 )
 from vitals_pipeline.checks.thresholds import DEFAULT_RANGES, QualityThresholds
 from vitals_pipeline.config import ConfigError
+from vitals_pipeline.samples import clean_window
 from vitals_pipeline.windows import PARTITION, Window
 
 T = QualityThresholds()
@@ -312,6 +313,25 @@ def test_bad_values_are_counted_by_kind():
     assert (summary["oor_min"], summary["oor_max"], summary["oor_ts"]) == (180.0, 180.0, zone[0][1])
 
 
+@pytest.mark.parametrize(
+    ("spec", "sentinel"),
+    [(ZONE, -999.0), (FLOW, 65535.0)],  # a point with a physical range, and one without (cfm)
+)
+def test_a_sentinel_alone_makes_the_partition_a_fault(spec, sentinel):
+    """Complete, in range, not flat, no null, no text: the one sentinel is the partition's only
+    problem (it is not counted out of range either), and it alone must make it a fault."""
+    clean = every(spec[0], at(0), at(5), 60, wiggle)
+    got = cells(assess(clean, points(spec), minutes=5))[(spec[0], at(0))]
+    assert (got["actual"], got["missing"], got["sentinels"], got["status"]) == (5, 0.0, 0, "ok")
+
+    one_sentinel = clean[:2] + [(spec[0], clean[2][1], sentinel)] + clean[3:]
+    got = cells(assess(one_sentinel, points(spec), minutes=5))[(spec[0], at(0))]
+    assert (got["actual"], got["missing"], got["nulls"], got["non_numeric"]) == (5, 0.0, 0, 0)
+    assert (got["sentinels"], got["out_of_range"], got["flatline"]) == (1, 0, False)
+    assert got["status"] == "fault"
+    assert got["reason"] == "1 sentinel values"
+
+
 def test_celsius_points_get_the_converted_range():
     metric = ("s/AHU-2/ZN-T", "AHU-2", "degrees-celsius", 60, "sampled", "sensor zone air temp", "zone_temp")
     rows = every(metric[0], at(0), at(5), 60, lambda i: 22.0 if i else 40.0)  # 40 degC = 104 degF
@@ -409,6 +429,11 @@ def test_future_rows_are_counted_against_now_plus_tolerance():
     rows = samples([(ZONE[0], at(0), 1.0), (ZONE[0], at(6), 1.0), (ZONE[0], at(30), 1.0)])
     assert specs.count_future(rows, START, T) == 2
     assert specs.count_future(rows, START + timedelta(minutes=30), T) == 0
+    # Counting drops nothing: cleaning keeps the future row inside the window (10:06) and drops
+    # the one outside it (10:30) as out of the window, whatever the clock says.
+    cleaned = clean_window(rows, Window(START, START + timedelta(minutes=10)))
+    assert cleaned.samples.column("ts").to_pylist() == [at(0), at(6)]
+    assert cleaned.out_of_window_dropped == 1
 
 
 def test_stored_window_is_reconciled_by_count_and_explained_by_keys_when_it_is_not():

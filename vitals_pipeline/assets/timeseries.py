@@ -369,7 +369,7 @@ def _store_site(
         quality_checks.SourceFigures(
             duplicates_dropped=result.duplicates_dropped,
             out_of_window_dropped=result.out_of_window_dropped,
-            future_rows_dropped=fetched.future_rows,
+            future_rows=fetched.future_rows,
         ),
     )
     yield from checks.report(site, results)

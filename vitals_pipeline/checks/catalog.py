@@ -23,8 +23,10 @@ CHECKS: tuple[CheckInfo, ...] = (
     CheckInfo(
         "no_future_samples", True,
         "ERROR if a stored sample of the window is stamped later than now + "
-        "VITALS_QUALITY_FUTURE_TOLERANCE_MINUTES (5). Future rows the source sent are dropped "
-        "and reported as source_future_rows_dropped.",
+        "VITALS_QUALITY_FUTURE_TOLERANCE_MINUTES (5). source_future_rows counts the rows ACE "
+        "sent stamped after now + tolerance; they are not dropped for that: those inside the "
+        "window are stored, and judged by this check; those outside it are dropped as "
+        "out_of_window_dropped.",
     ),
     CheckInfo(
         "samples_inside_window", True,

@@ -83,11 +83,14 @@ def load_points(conn: duckdb.DuckDBPyConnection, schema: str) -> pa.Table | None
 
 @dataclass
 class SourceFigures:
-    """What the source sent that never reached the store (counted while cleaning)."""
+    """What the source sent, counted while cleaning: the duplicates and the rows outside the
+    window, which never reach the store, and the rows stamped after now + tolerance, which are
+    not dropped for that (counted before cleaning: those inside the window are stored, and judged
+    by no_future_samples; those outside it are dropped, and counted, as out of the window)."""
 
     duplicates_dropped: int = 0
     out_of_window_dropped: int = 0
-    future_rows_dropped: int = 0
+    future_rows: int = 0
 
 
 @dataclass
@@ -381,7 +384,7 @@ def _future(rq: RunQuality, stored: StoredFigures, source: SourceFigures, now: d
         "future_samples": stored.future_rows,
         "now": now.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "tolerance_minutes": rq.thresholds.future_tolerance_minutes,
-        "source_future_rows_dropped": source.future_rows_dropped,
+        "source_future_rows": source.future_rows,
     }
     if stored.newest_ts is not None:
         meta["newest_sample"] = stored.newest_ts.strftime("%Y-%m-%d %H:%M:%S UTC")
