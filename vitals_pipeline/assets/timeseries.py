@@ -173,7 +173,7 @@ def sync_timeseries(
     if len(sites) == 1 and SITE_TAG not in context.run.tags:
         # A run of one site (from the asset page, the CLI) is found by filtering the runs list
         # by this tag, as the old per-site runs were; a fleet run covers many sites.
-        context.instance.add_run_tags(context.run_id, {SITE_TAG: schema_name(sites[0])})
+        context.instance.add_run_tags(context.run.run_id, {SITE_TAG: schema_name(sites[0])})
     prepare_step_process()  # this process runs steps: the process tweaks (runtime.py)
     budget = site_budget_seconds(settings, window)
     concurrency = fetch_concurrency(settings, window)
