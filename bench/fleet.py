@@ -48,6 +48,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -153,6 +154,23 @@ def newest_closed(tick: datetime) -> datetime:
 
 
 _STARTED: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float) -> None:
+    """Until something accepts connections on the loopback port (a code server loading)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s (see code_server.log)")
 
 
 def start_group(args: list[str], **popen) -> subprocess.Popen:
@@ -597,11 +615,30 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
         expected = {name for name, c, _ in schedules if Cron(c).fires_at(tick)}
         wait_until(tick - timedelta(seconds=lead), n, "daemon start")
         daemon_log = logs / "daemon.log"
+        target = ["-m", "vitals_pipeline.definitions"]
+        code_server = None
+        if args.code_server:
+            # A code server that stays up (docs/operations.md, "A code server of its own"): the
+            # daemon started with -m replaces its own with a new process every 60 s.
+            port = free_port()
+            with open(logs / "code_server.log", "w") as log:
+                code_server = start_group(
+                    [str(BIN / "dagster"), "api", "grpc", *target, "-h", "127.0.0.1", "-p", str(port)],
+                    env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                )
+            workspace = work / "workspace.yaml"
+            workspace.write_text(
+                "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+                f"      port: {port}\n      location_name: vitals_pipeline.definitions\n"
+            )
+            wait_for_port(port, 120)
+            target = ["-w", str(workspace)]
         with open(daemon_log, "w") as log:
-            daemon = start_group([str(BIN / "dagster-daemon"), "run", "-m", "vitals_pipeline.definitions"],
+            daemon = start_group([str(BIN / "dagster-daemon"), "run", *target],
                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        say(n, f"dagster-daemon started (pid {daemon.pid}); tick at {tick:%H:%M:%S}")
-        sampler = TreeSampler(daemon.pid)
+        say(n, f"dagster-daemon started (pid {daemon.pid}{', own code server' if code_server else ''}); "
+               f"tick at {tick:%H:%M:%S}")
+        sampler = TreeSampler(daemon.pid, code_server.pid if code_server else None)
         sim_proc = psutil.Process(sim.proc.pid)
 
         result["quiet"] = measure_quiet(sampler, tick, daemon, daemon_log, n, args)
@@ -621,10 +658,14 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
                 result["ticks"].append(measured)
                 if not measured["drained"]:
                     break
-        result["design"] = args.design or design_of(result["ticks"][0]["runs"], n)
+        result["design"] = (args.design or design_of(result["ticks"][0]["runs"], n)) + (
+            " +code server" if args.code_server else ""
+        )
         say(n, "stopping the daemon")
         end_group(daemon)
         daemon = None
+        if code_server is not None:
+            end_group(code_server)
         checks = [(m["newest_partition"], [s for s in healthy if s not in m["sites_not_stored"]],
                    m["sites_not_stored"]) for m in result["ticks"]]
         result["correctness"] = c = verify(sim, work / "vitals.duckdb", sim.broken, checks, args.verify)
@@ -918,6 +959,11 @@ def main() -> int:
                         help="also measure ticks in the first 10 minutes of an hour")
     parser.add_argument("--design", default=None, help="label of the design (default: from the runs of a tick)")
     parser.add_argument("--work-dir", default=None, help="folder for the DAGSTER_HOMEs and DuckDB files")
+    parser.add_argument(
+        "--code-server", action="store_true",
+        help="the daemon uses a code server of its own (`dagster api grpc`, workspace.yaml) instead of "
+             "starting one, which it replaces every 60 s",
+    )
     parser.add_argument("--keep", action="store_true", help="keep each size's DAGSTER_HOME, DuckDB file and logs")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args()

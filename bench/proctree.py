@@ -49,8 +49,11 @@ def role_of(cmdline: list[str], is_root: bool) -> str:
 class TreeSampler:
     """Polls the tree under `root_pid`; `snapshot()` is the state of every live process now."""
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, code_server_pid: int | None = None) -> None:
         self.root = psutil.Process(root_pid)
+        # A code server the daemon did not start (`dagster api grpc`, bench/fleet.py
+        # --code-server): its tree is sampled too, as the daemon's code server.
+        self.code_server = psutil.Process(code_server_pid) if code_server_pid else None
         self._roles: dict[ProcKey, str] = {}
 
     def snapshot(self) -> dict[ProcKey, ProcSample]:
@@ -58,6 +61,11 @@ class TreeSampler:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return {}
+        if self.code_server is not None:
+            try:
+                procs += [self.code_server, *self.code_server.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
         found: dict[ProcKey, ProcSample] = {}
         for proc in procs:
             try:
