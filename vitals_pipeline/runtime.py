@@ -27,9 +27,14 @@ interleaved A/B pairs (bench/RESULTS.md, "Process tweaks"):
   as a plain sequence: none of this project's code does that. Measured: peak RSS 20-40 MiB lower
   for a day and a tick in every round (pandas' modules); its CPU gain was within noise.
 
-Measured and dropped (bench/RESULTS.md, "Process tweaks"): glibc's malloc_trim after a big window
-and between the runs of `vitals backfill` lowered no peak RSS and saved no CPU in either session;
-`vitals backfill`'s peak was 5-93 MiB higher with it in every round.
+- `trim-after-fetch`: glibc's malloc_trim once a big window (`BIG_WINDOW_SAMPLES`) is fetched,
+  combined and cleaned, before it is stored: glibc keeps the freed page buffers (~200 MB for a
+  day) and raises its mmap threshold after large frees, so without it the store and the quality
+  grid allocate on top of them. Called by the fetch (`after_big_fetch`), not at step start.
+
+Measured and dropped (bench/RESULTS.md, "Process tweaks"): malloc_trim *after* a big window was
+stored and between the runs of `vitals backfill` (after the peak) lowered no peak RSS and saved no
+CPU; `vitals backfill`'s peak was 5-93 MiB higher with it in every round.
 """
 
 from __future__ import annotations
@@ -44,7 +49,11 @@ SWITCH = "VITALS_PROCESS_TWEAKS"
 SYSTEM_ALLOCATOR = "system-allocator"
 FREEZE_AT_EXIT = "freeze-at-exit"
 DEFER_PANDAS = "defer-pandas"
-TWEAKS = (SYSTEM_ALLOCATOR, FREEZE_AT_EXIT, DEFER_PANDAS)
+TRIM_AFTER_FETCH = "trim-after-fetch"
+TWEAKS = (SYSTEM_ALLOCATOR, FREEZE_AT_EXIT, DEFER_PANDAS, TRIM_AFTER_FETCH)
+# A window this big frees hundreds of MB of page buffers once it is combined (a day of a
+# 4,500-point site is 6.48M samples): worth handing back before it is stored.
+BIG_WINDOW_SAMPLES = 1_000_000
 
 _prepared: set[str] = set()
 _lock = threading.Lock()
@@ -76,6 +85,22 @@ def prepare_step_process() -> None:
         for name in todo:
             _APPLY[name]()
             _prepared.add(name)
+
+
+def after_big_fetch(samples: int) -> None:
+    """Hand the heap that fetching a big window freed back to the OS before it is stored
+    (`trim-after-fetch`; ~10 ms; a no-op for small windows, off the C library glibc, or when not
+    chosen)."""
+    if samples < BIG_WINDOW_SAMPLES or TRIM_AFTER_FETCH not in chosen_tweaks():
+        return
+    try:
+        import ctypes
+
+        trim = getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
 
 
 def _use_system_allocator() -> None:

@@ -84,6 +84,35 @@ def test_the_switch_names_the_tweaks():
         chosen_tweaks({"VITALS_PROCESS_TWEAKS": "malloc-trim,defer-pandas"})
 
 
+FRAGMENTED_HEAP = """
+import sys
+from vitals_pipeline.runtime import after_big_fetch
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+buffers = [bytearray(1000) for _ in range(300_000)]
+kept = buffers[::64]  # a few live blocks pin the freed heap between them
+del buffers
+before = rss()
+after_big_fetch(int(sys.argv[1]))
+print('released-mb', (before - rss()) // 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_a_big_fetch_hands_its_freed_heap_back_when_chosen():
+    def released(choice: str, samples: int) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", FRAGMENTED_HEAP, str(samples)],
+            env={**os.environ, "VITALS_PROCESS_TWEAKS": choice},
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        return int(done.stdout.split()[-1])
+
+    assert released("trim-after-fetch", 6_480_000) > 100  # of ~290 MB freed
+    assert released("trim-after-fetch", 10_000) < 10  # a small window: not worth a trim
+    assert released("none", 6_480_000) < 10
+
+
 def test_pyarrow_converts_pandas_once_a_conversion_imports_it():
     code = """
 import sys

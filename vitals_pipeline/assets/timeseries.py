@@ -41,7 +41,7 @@ from vitals_pipeline.checks import specs as quality_checks
 from vitals_pipeline.checks.thresholds import QualityThresholds
 from vitals_pipeline.config import Settings
 from vitals_pipeline.resources import AceResource
-from vitals_pipeline.runtime import prepare_step_process
+from vitals_pipeline.runtime import after_big_fetch, prepare_step_process
 from vitals_pipeline.samples import CleanResult, clean_window, merge_clean_results
 from vitals_pipeline.storage.duckdb_io import WindowBundle, store_slice, table_exists
 from vitals_pipeline.storage.names import schema_name
@@ -187,6 +187,7 @@ def sync_timeseries(
             ace_session, site, window, quality, deadline,
             points=PointsNeed.MISSING if site in without_points else refresh_points,
         )
+        after_big_fetch(fetched.result.samples.num_rows)  # before the store allocates more
         if quality.enabled:
             # Read in this fetch thread, on a cursor of the run's DuckDB session (DuckDB reads a
             # committed snapshot while the step's thread writes other sites).
