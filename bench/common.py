@@ -10,7 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,6 +99,95 @@ def bench_home(prefix: str, url: str, sites: str, partitions_start: datetime,
     return home, env
 
 
+# The Dagster instance a benchmark measures: `sqlite` = the shipped dagster.yaml (SQLite files under
+# DAGSTER_HOME), `postgres` = deploy/postgres/dagster.yaml (runs, event logs and schedules in a
+# PostgreSQL database on a server this process starts; see PgInstances).
+SQLITE_INSTANCE, PG_INSTANCE = "sqlite", "postgres"
+INSTANCES = (SQLITE_INSTANCE, PG_INSTANCE)
+PG_DAGSTER_YAML = ROOT / "deploy" / "postgres" / "dagster.yaml"
+
+
+class PgInstances:
+    """A PostgreSQL server for the benchmark's Dagster instances (vitals_pipeline_tests/postgres.py,
+    durable: fsync and synchronous commit on, as in production), a fresh database per instance.
+
+    The server runs on the same machine, outside the measured processes: `server_cpu_seconds` is
+    its CPU (the postmaster and every backend, those it has reaped included), to count beside
+    theirs. Its URLs hold the password: nothing here prints one (redact_pg_password for anything
+    that may)."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        # initdb's data folder beside the server's log (running_postgres's layout): its first
+        # line of postmaster.pid is the postmaster's pid.
+        pid_file = Path(server.log_path).parent / "data" / "postmaster.pid"
+        self.postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+
+    def new_database(self, prefix: str = "dagster") -> tuple[str, str]:
+        """(name, URL as DAGSTER_PG_URL takes it, password included) of a new, empty database."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.server.admin(f"CREATE DATABASE {name}")
+        return name, self.server.url(name)
+
+    def database_bytes(self, name: str) -> int:
+        """pg_database_size of `name`: the files of its relations (pages allocated), not the
+        cluster's write-ahead log."""
+        con = self.server.connect(name)
+        try:
+            with con.cursor() as cur:
+                cur.execute("SELECT pg_database_size(current_database())")
+                return int(cur.fetchone()[0])
+        finally:
+            con.close()
+
+    def server_cpu_seconds(self) -> float:
+        """User + system CPU of the server so far: the postmaster's own and reaped children's
+        (every backend that ended), plus the live backends' own."""
+        total = 0.0
+        for proc in [self.postmaster, *self.postmaster.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            total += times.user + times.system
+            if proc.pid == self.postmaster.pid:
+                total += times.children_user + times.children_system
+        return total
+
+    def version(self) -> str:
+        con = self.server.connect()
+        try:
+            with con.cursor() as cur:
+                cur.execute("SHOW server_version")
+                return str(cur.fetchone()[0]).split()[0]
+        finally:
+            con.close()
+
+
+@contextmanager
+def pg_instances() -> Iterator[PgInstances]:
+    """A PostgreSQL server for the run of a benchmark (Debian's `postgresql` binaries, see
+    scripts/system-packages.sh), stopped and removed on the way out."""
+    from vitals_pipeline_tests.postgres import INSTALL_HINT, find_bindir, running_postgres
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit(INSTALL_HINT)
+    with running_postgres(bindir, durable=True) as server:
+        yield PgInstances(server)
+
+
+def pg_instance_env(env: dict[str, str], url: str) -> dict[str, str]:
+    """`env` for an instance on PostgreSQL: DAGSTER_PG_URL, and DAGSTER_EVENT_BATCH_SIZE=1000 as
+    deploy/postgres/README.md asks (the SQLite event log of dagster.yaml sets it for itself),
+    unless already set. Also set in this process, which reads the instance too."""
+    extra = {"DAGSTER_PG_URL": url,
+             "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", "1000")}
+    os.environ.update(extra)
+    env.update(extra)
+    return env
+
+
 @dataclass
 class Measured:
     """One child process, measured by the kernel when it was reaped (os.wait4): its own figures
@@ -120,10 +212,18 @@ def run_measured(args: list[str], env: dict[str, str], check: bool = True) -> Me
         measured = Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024,
                             out.read(), err.read())
     if check and proc.returncode != 0:
-        sys.stderr.write(measured.stdout[-4000:] + measured.stderr[-4000:])
+        sys.stderr.write(redact_pg_password(measured.stdout[-4000:] + measured.stderr[-4000:], env))
         raise SystemExit(f"{' '.join(args[:4])} ... failed with exit code {proc.returncode} "
                          "(its output is above)")
     return measured
+
+
+def redact_pg_password(text: str, env: dict[str, str] | None = None) -> str:
+    """`text` without the password of DAGSTER_PG_URL (of `env`, else of this process), which a
+    child's error may show."""
+    url = (env if env is not None else os.environ).get("DAGSTER_PG_URL", "")
+    password = url.split("@", 1)[0].rsplit(":", 1)[-1] if "@" in url else ""
+    return text.replace(password, "***") if password else text
 
 
 @dataclass

@@ -27,6 +27,16 @@ For each size of `--sites` (default 50,100,300,500,1000):
    against the simulator's ground truth (its /_sim/ground_truth route); the sites that did not
    store it hold none of its rows; the broken site holds nothing.
 
+Instance (`--instance`): `sqlite` (default) = the shipped dagster.yaml, SQLite files under
+DAGSTER_HOME; `postgres` = deploy/postgres/dagster.yaml on a PostgreSQL server this process starts
+for the run (Debian's binaries; fsync and synchronous commit on), a fresh database per size,
+DAGSTER_PG_URL and DAGSTER_EVENT_BATCH_SIZE=1000 in the environment of every child and of this
+process (it reads the instance), as deploy/postgres/README.md asks. Then the instance's growth is
+the database's (pg_database_size: its relations' pages, not the cluster's write-ahead log) during
+the tick, DAGSTER_HOME's beside it (compute logs only); the server is outside the daemon's process
+tree, so its CPU during the tick is measured apart (the postmaster and its backends, reaped ones
+included) and recorded beside the tree's (`+N server`); the design reads `... (pg)`.
+
 Prints a table, writes JSON (`--out`) and appends a row per size to the "Fleet" section of
 bench/RESULTS.md.
 
@@ -37,6 +47,7 @@ the next ticks fall in the first 10 minutes of an hour.
 
     .venv/bin/python bench/fleet.py [--sites 50,100] [--points 120] [--latency 0.15]
         [--broken-site] [--ticks 1] [--out bench/out/fleet.json] [--no-record]
+        [--instance sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,6 +79,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    INSTANCES,
+    PG_DAGSTER_YAML,
+    PG_INSTANCE,
+    SQLITE_INSTANCE,
+    PgInstances,
+    pg_instance_env,
+    pg_instances,
+    redact_pg_password,
+)
 from bench.proctree import CpuWindow, TreeSampler  # noqa: E402
 from vitals_pipeline.ace.wire import format_wire_time  # noqa: E402
 from vitals_pipeline.storage.names import schema_name  # noqa: E402
@@ -320,7 +341,7 @@ def dagster(args: list[str], env: dict[str, str], log_path: Path, what: str, tim
             raise SystemExit(f"{what}: no result after {timeout:.0f} s; its output is in {log_path}") from None
     _STARTED.remove(proc)
     if code != 0:
-        tail = log_path.read_text()[-3000:]
+        tail = redact_pg_password(log_path.read_text()[-3000:])
         raise SystemExit(f"{what} failed (exit {code}); the end of {log_path}:\n{tail}")
     return time.monotonic() - began
 
@@ -462,7 +483,7 @@ def wait_until(t: datetime, n: int, what: str, alive: subprocess.Popen | None = 
     last = 0.0
     while (left := (t - datetime.now(UTC)).total_seconds()) > 0:
         if alive is not None and alive.poll() is not None:
-            tail = log.read_text()[-3000:] if log else ""
+            tail = redact_pg_password(log.read_text()[-3000:]) if log else ""
             raise SystemExit(f"the daemon exited (code {alive.returncode}) while waiting for {what}:\n{tail}")
         if time.monotonic() - last >= 30:
             say(n, f"{what} at {t:%H:%M:%S} (in {left:.0f} s)")
@@ -540,16 +561,18 @@ def load_history(sim: SimulatorProcess, healthy: list[str], cron: Cron, lead: fl
 
 
 def measure_quiet(sampler: TreeSampler, tick: datetime, daemon: subprocess.Popen, daemon_log: Path, n: int,
-                  args: argparse.Namespace) -> dict:
+                  args: argparse.Namespace, pg: PgInstances | None = None) -> dict:
     """The daemon's and code servers' own CPU over the `args.quiet` s before the tick (5 s short
     of it), and the runs that were active meanwhile (those make the window less quiet)."""
     import dagster as dg
 
     wait_until(tick - timedelta(seconds=args.quiet + 5), n, "quiet window", daemon, daemon_log)
     window = CpuWindow(sampler.snapshot(), args.poll)
+    pg_cpu_before = pg.server_cpu_seconds() if pg else 0.0
     began = time.time()
     poll_until(tick - timedelta(seconds=5), sampler, window, daemon, daemon_log, args.poll, "quiet window")
     measured = window.close(sampler.snapshot())
+    pg_cpu = pg.server_cpu_seconds() - pg_cpu_before if pg else None
     own = measured["cpu_polled_by_role_s"]
     idle_cpu = own.get("daemon", 0.0) + own.get("code server", 0.0)
     with dg.DagsterInstance.get() as instance:
@@ -562,13 +585,17 @@ def measure_quiet(sampler: TreeSampler, tick: datetime, daemon: subprocess.Popen
         "pct_of_one_core": round(100 * idle_cpu / measured["seconds"], 1),
         "runs_active": dict(Counter(r.kind for r in active)),
         "load_1min": os.getloadavg()[0],
+        **({"server_cpu_s": round(pg_cpu, 2),
+            "server_pct_of_one_core": round(100 * pg_cpu / measured["seconds"], 1)} if pg else {}),
     }
     say(n, f"quiet window: daemon + code server {idle_cpu:.1f} CPU s in {measured['seconds']:.0f} s "
-           f"({quiet['pct_of_one_core']} % of a core); runs active meanwhile: {quiet['runs_active'] or 'none'}")
+           f"({quiet['pct_of_one_core']} % of a core"
+           + (f"; PostgreSQL server {pg_cpu:.1f} CPU s, {quiet['server_pct_of_one_core']} %" if pg else "")
+           + f"); runs active meanwhile: {quiet['runs_active'] or 'none'}")
     return quiet
 
 
-def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) -> dict:
+def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures, pg: PgInstances | None = None) -> dict:
     import dagster as dg
 
     from vitals_pipeline.cli import ensure_dagster_home
@@ -577,7 +604,8 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
     home = work / "dagster_home"
     logs = work / "logs"
     logs.mkdir()
-    result: dict = {"sites": n, "points": args.points, "latency_s": args.latency, "work_dir": str(work)}
+    result: dict = {"sites": n, "points": args.points, "latency_s": args.latency, "work_dir": str(work),
+                    "instance": args.instance}
     sim = SimulatorProcess(n, args.points, args.latency, args.broken_site, features, logs / "simulator.log")
     daemon: subprocess.Popen | None = None
     try:
@@ -600,6 +628,16 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
             "VITALS_PARTITIONS_START": partition_key(floor_to_partition(now) - timedelta(hours=args.history_hours)),
         }
         os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "ACE_API_URL", "ACE_SITES", "VITALS_DUCKDB_PATH")})
+        database = None
+        if pg:
+            # deploy/postgres/dagster.yaml in DAGSTER_HOME (ensure_dagster_home keeps it and creates
+            # Dagster's tables in the new database); the URL by environment, here and in children.
+            home.mkdir(parents=True)
+            (home / "dagster.yaml").write_text(PG_DAGSTER_YAML.read_text())
+            database, url = pg.new_database(f"fleet_{n}")
+            pg_instance_env(env, url)
+            result["postgres"] = {"version": pg.version(), "database": database}
+            say(n, f"instance: PostgreSQL {pg.version()}, database {database}")
         ensure_dagster_home()
         schedules = [s for s in list_schedules(env, logs / "schedules.txt") if s[2] == "RUNNING"]
         crons = Counter(cron for _, cron, _ in schedules)
@@ -641,7 +679,7 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
         sampler = TreeSampler(daemon.pid, code_server.pid if code_server else None)
         sim_proc = psutil.Process(sim.proc.pid)
 
-        result["quiet"] = measure_quiet(sampler, tick, daemon, daemon_log, n, args)
+        result["quiet"] = measure_quiet(sampler, tick, daemon, daemon_log, n, args, pg)
 
         result["ticks"] = []
         with dg.DagsterInstance.get() as instance:
@@ -654,13 +692,15 @@ def bench_size(n: int, args: argparse.Namespace, features: SimulatorFeatures) ->
                     expected = {name for name, c, _ in schedules if Cron(c).fires_at(tick)}
                     wait_until(tick - timedelta(seconds=2), n, "next tick", daemon, daemon_log)
                 measured = measure_tick(instance, tick, cron, expected, healthy, sampler, sim_proc, daemon,
-                                        daemon_log, home, n, args)
+                                        daemon_log, home, n, args, pg, database)
                 result["ticks"].append(measured)
                 if not measured["drained"]:
                     break
         result["design"] = (args.design or design_of(result["ticks"][0]["runs"], n)) + (
             " +code server" if args.code_server else ""
         )
+        if pg and "(pg)" not in result["design"]:
+            result["design"] += " (pg)"
         say(n, "stopping the daemon")
         end_group(daemon)
         daemon = None
@@ -687,20 +727,23 @@ def poll_until(t: datetime, sampler: TreeSampler, window: CpuWindow, daemon: sub
     while datetime.now(UTC) < t:
         if daemon.poll() is not None:
             raise SystemExit(f"the daemon exited (code {daemon.returncode}) during the {what}:\n"
-                             + log.read_text()[-3000:])
+                             + redact_pg_password(log.read_text()[-3000:]))
         window.update(sampler.snapshot())
         time.sleep(poll)
 
 
 def measure_tick(instance, tick: datetime, cron: Cron, expected: set[str], healthy: list[str],
                  sampler: TreeSampler, sim_proc, daemon: subprocess.Popen, daemon_log: Path, home: Path,
-                 n: int, args: argparse.Namespace) -> dict:
+                 n: int, args: argparse.Namespace, pg: PgInstances | None = None,
+                 database: str | None = None) -> dict:
     """From just before `tick` until every run it created has ended, or `args.cap` s after it."""
     import dagster as dg
 
     cap = args.cap or (cron.next_after(tick) - tick).total_seconds() + 60
     wait_until(tick - timedelta(seconds=1), n, "tick", daemon, daemon_log)
     size_before = home_bytes(home)
+    db_before = pg.database_bytes(database) if pg else 0
+    pg_cpu_before = pg.server_cpu_seconds() if pg else 0.0
     sim_cpu_before = sum(sim_proc.cpu_times()[:2])
     load_at_tick = os.getloadavg()[0]
     window = CpuWindow(sampler.snapshot(), args.poll)
@@ -711,7 +754,7 @@ def measure_tick(instance, tick: datetime, cron: Cron, expected: set[str], healt
     while datetime.now(UTC) < deadline:
         if daemon.poll() is not None:
             raise SystemExit(f"the daemon exited (code {daemon.returncode}) during the tick:\n"
-                             + daemon_log.read_text()[-3000:])
+                             + redact_pg_password(daemon_log.read_text()[-3000:]))
         window.update(sampler.snapshot())
         if time.monotonic() - last_check >= 2 and datetime.now(UTC) >= tick:
             last_check = time.monotonic()
@@ -737,6 +780,8 @@ def measure_tick(instance, tick: datetime, cron: Cron, expected: set[str], healt
     cpu = window.close(sampler.snapshot())
     size_after = home_bytes(home)
     sim_cpu = sum(sim_proc.cpu_times()[:2]) - sim_cpu_before
+    pg_cpu = pg.server_cpu_seconds() - pg_cpu_before if pg else None
+    db_after = pg.database_bytes(database) if pg else 0
     if not drained:
         runs = runs_since(instance, since)
         tick_runs = [r for r in runs if r.tick == tick]
@@ -777,9 +822,19 @@ def measure_tick(instance, tick: datetime, cron: Cron, expected: set[str], healt
         "instance_kb_per_site": round((size_after[0] - size_before[0]) / n / 1024, 1),
         "instance_bytes_checkpointed": size_after[1] - size_before[1],
         "instance_kb_per_site_checkpointed": round((size_after[1] - size_before[1]) / n / 1024, 1),
+        **({
+            "instance_db_bytes_before": db_before,
+            "instance_db_bytes": db_after - db_before,
+            "instance_db_kb_per_site": round((db_after - db_before) / n / 1024, 1),
+            "instance_server_cpu_s": round(pg_cpu, 2),
+        } if pg else {}),
         "load_at_tick": load_at_tick,
         "load_at_end": os.getloadavg()[0],
     }
+    if pg:
+        say(n, f"PostgreSQL: the database grew {measured['instance_db_kb_per_site']} KB/site "
+               f"({measured['instance_db_bytes']:,} bytes; DAGSTER_HOME {measured['instance_kb_per_site']} "
+               f"KB/site); the server used {pg_cpu:.2f} CPU s")
     if drained:
         say(n, f"tick {tick:%H:%M} drained in {measured['drain_s']} s: {len(tick_runs)} runs "
                f"({status['SUCCESS']} ok, {status['FAILURE']} failed), {stored}/{len(healthy)} sites stored "
@@ -891,7 +946,11 @@ during the tick per site (every file, write-ahead logs included / the databases 
 checkpoint, without the logs); RSS = largest process / sum of the tree; exact = of the sites that
 stored the newest partition, those whose rows of it in DuckDB equal the simulator's ground truth
 (the others are checked to hold none of it); load = 1-min load average at the tick
-(2 cores, shared).
+(2 cores, shared). Design `(pg)`: the instance on PostgreSQL (deploy/postgres/dagster.yaml,
+`--instance postgres`; a server on the same cores, fsync on, a fresh database per size); instance =
+the database's growth during the tick per site (pg_database_size), DAGSTER_HOME's in brackets; CPU
+and idle add the server's CPU during the tick and the quiet window (`+N server`), outside the
+daemon's tree and its RSS.
 
 """
 HEADER = (
@@ -909,15 +968,27 @@ def row(result: dict, commit: str) -> str:
     c = result["correctness"]
     sim = "site_status" if result["simulator"]["site_status_fault"] else "no site_status"
     unstored = f", {c['not_stored_with_rows']} not stored hold rows" if c["not_stored_with_rows"] else ""
+    cpu, instance = f"{t['cpu_s']}", f"{t['instance_kb_per_site']} / {t['instance_kb_per_site_checkpointed']}"
+    idle = f"{result['quiet']['pct_of_one_core']}"
+    if "instance_db_kb_per_site" in t:
+        # On PostgreSQL: the database's growth, DAGSTER_HOME's beside it; the server's CPU apart.
+        cpu += f" (+{t['instance_server_cpu_s']} server)"
+        instance = f"{t['instance_db_kb_per_site']} db (home {t['instance_kb_per_site']})"
+        idle += f" (+{result['quiet']['server_pct_of_one_core']} server)"
     return (
         f"| {datetime.now(UTC):%Y-%m-%d} | {commit} | {result['design']} | {result['sites']} | {drain} | "
-        f"{t['runs_succeeded']}/{t['runs_failed']} | {t['sites_stored']}/{t['sites_healthy']} | {t['cpu_s']} | "
-        f"{result['quiet']['pct_of_one_core']} | "
-        f"{t['instance_kb_per_site']} / {t['instance_kb_per_site_checkpointed']} | "
+        f"{t['runs_succeeded']}/{t['runs_failed']} | {t['sites_stored']}/{t['sites_healthy']} | {cpu} | "
+        f"{idle} | {instance} | "
         f"{t['peak_rss_single_mib']} / {t['peak_rss_sum_mib']} | {c['sites_exact']}/{c['sites_checked']}"
         f"{unstored} | "
         f"{t['load_at_tick']:.1f} | {sim}; broken: {result['broken_mode']} |"
     )
+
+
+def kb_per_site(t: dict) -> str:
+    if "instance_db_kb_per_site" in t:
+        return f"{t['instance_db_kb_per_site']} db"
+    return f"{t['instance_kb_per_site']} / {t['instance_kb_per_site_checkpointed']}"
 
 
 def print_table(results: list[dict]) -> None:
@@ -931,7 +1002,7 @@ def print_table(results: list[dict]) -> None:
         print(f"{r['sites']:>6} {r['design']:>9} {drain:>9} {t['runs']:>6} "
               f"{t['runs_succeeded']:>4}/{t['runs_failed']:<3} {t['sites_stored']:>5}/{t['sites_healthy']:<4} "
               f"{t['cpu_s']:>7} {r['quiet']['pct_of_one_core']:>7} "
-              f"{str(t['instance_kb_per_site']) + ' / ' + str(t['instance_kb_per_site_checkpointed']):>15} "
+              f"{kb_per_site(t):>15} "
               f"{t['peak_rss_single_mib']:>7}/{t['peak_rss_sum_mib']:<8} "
               f"{c['sites_exact']:>5}/{c['sites_checked']:<4} {t['load_at_tick']:>5.1f}")
 
@@ -966,6 +1037,9 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep each size's DAGSTER_HOME, DuckDB file and logs")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--instance", choices=INSTANCES, default=SQLITE_INSTANCE,
+                        help="the Dagster instance's storage: the shipped SQLite files, or PostgreSQL "
+                             "(deploy/postgres/dagster.yaml, a server started for the run, a database per size)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sites.split(",") if s.strip()]
     if args.cron:
@@ -986,13 +1060,14 @@ def main() -> int:
     results = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for n in sizes:
-        result = bench_size(n, args, features)
-        result["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-        results.append(result)
-        out.write_text(json.dumps({**meta, "results": results}, indent=2, default=str))
-        if not args.no_record:
-            record(HEADER, PREAMBLE, row(result, meta["commit"]))
+    with pg_instances() if args.instance == PG_INSTANCE else nullcontext() as pg:
+        for n in sizes:
+            result = bench_size(n, args, features, pg)
+            result["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            results.append(result)
+            out.write_text(json.dumps({**meta, "results": results}, indent=2, default=str))
+            if not args.no_record:
+                record(HEADER, PREAMBLE, row(result, meta["commit"]))
     print_table(results)
     print(f"\nJSON: {out}")
     return 0

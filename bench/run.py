@@ -24,7 +24,16 @@ the same CLI, checks included: CLI wall and run start -> end), and the old desig
 written as the old Worker did: SQLite, INSERT OR REPLACE, 1,000-row batches, from parsed rows).
 Prints the figures and adds a row per server state to bench/RESULTS.md.
 
+Instance (`--instance`): `sqlite` (default) = the shipped dagster.yaml, runs and event logs in
+SQLite files under DAGSTER_HOME; `postgres` = deploy/postgres/dagster.yaml, on a PostgreSQL server
+this process starts for the benchmark (Debian's binaries; fsync and synchronous commit on), a fresh
+database per measured pipeline, DAGSTER_PG_URL and DAGSTER_EVENT_BATCH_SIZE=1000 in the pipeline's
+environment as deploy/postgres/README.md asks. The server shares the 2 cores and is not in the CLI
+process's CPU: its own CPU seconds during the pipeline are printed and recorded beside it
+(`+N server`). The row's site x window cell says `pg-instance`.
+
     .venv/bin/python bench/run.py [--points 4500] [--hours 24] [--server both] [--skip-old]
+        [--instance sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,16 +54,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     BIN,
+    INSTANCES,
+    PG_DAGSTER_YAML,
+    PG_INSTANCE,
     RENDER,
+    SQLITE_INSTANCE,
     WARM,
     WARM_CACHE_MB,
     Floor,
     Measured,
+    PgInstances,
     Simulator,
     bench_home,
     commit,
     download_floor,
     load_average,
+    pg_instance_env,
+    pg_instances,
     record,
     run_measured,
     step_log_figures,
@@ -77,6 +94,7 @@ class DayResult:
     table_bytes: int
     duckdb_path: str
     tick: tuple[float, float] | None = None  # (run seconds, CLI wall)
+    instance_server_cpu: float | None = None  # the PostgreSQL server's CPU s during the pipeline
 
 
 def materialize(env: dict[str, str], first: str, last: str) -> Measured:
@@ -87,7 +105,7 @@ def materialize(env: dict[str, str], first: str, last: str) -> Measured:
     )
 
 
-def measure_day(server: str, args, start: datetime, end: datetime) -> DayResult:
+def measure_day(server: str, args, start: datetime, end: datetime, pg: PgInstances | None = None) -> DayResult:
     cache_mb = 0 if server == RENDER else WARM_CACHE_MB
     with Simulator(SITE, args.points, cache_mb) as sim:
         if server == WARM:
@@ -102,15 +120,24 @@ def measure_day(server: str, args, start: datetime, end: datetime) -> DayResult:
               f"(simulator CPU {floor_sim_cpu:.2f}s)")
 
         home, env = bench_home(f"vitals-day-{server}-", sim.url, SITE, start - timedelta(days=1),
-                               args.page_size, args.home_base)
+                               args.page_size, args.home_base,
+                               PG_DAGSTER_YAML.read_text() if pg else None)
+        if pg:
+            # A fresh database for this pipeline; the URL (password included) goes by environment
+            # to the CLI and to this process (step_log_figures reads the instance).
+            database, url = pg.new_database(f"day_{server}")
+            pg_instance_env(env, url)
+            print(f"[{server}] instance: PostgreSQL {pg.version()}, database {database}")
         if args.code:
             # Another checkout's pipeline (its package ahead of the installed one), measured
             # against the same simulator as this one: an A/B of two commits in one session.
             env["PYTHONPATH"] = str(Path(args.code).resolve())
         run_measured([str(BIN / "dagster"), "instance", "migrate"], env, check=False)
         cpu = sim.cpu_seconds()
+        server_cpu = pg.server_cpu_seconds() if pg else 0.0
         pipeline = materialize(env, partition_key(start), partition_key(end - PARTITION))
         pipeline_sim_cpu = sim.cpu_seconds() - cpu
+        instance_server_cpu = pg.server_cpu_seconds() - server_cpu if pg else None
         figures = step_log_figures(home)
         with duckdb.connect(env["VITALS_DUCKDB_PATH"], read_only=True) as con:
             stored = con.execute(f"SELECT count(*) FROM {SITE}.timeseries").fetchone()[0]
@@ -119,12 +146,14 @@ def measure_day(server: str, args, start: datetime, end: datetime) -> DayResult:
                 f"pragma_storage_info('{SITE}.timeseries') WHERE block_id IS NOT NULL"
             ).fetchone()[0] or 0
         result = DayResult(server, floor, floor_sim_cpu, pipeline, pipeline_sim_cpu, figures,
-                           stored, table_bytes, env["VITALS_DUCKDB_PATH"])
+                           stored, table_bytes, env["VITALS_DUCKDB_PATH"],
+                           instance_server_cpu=instance_server_cpu)
         print(
             f"[{server}] pipeline: {pipeline.wall:.2f}s CLI wall, {figures['run_seconds']:.2f}s "
             f"run (step {figures.get('step_seconds', float('nan')):.1f}s), {pipeline.cpu:.1f} CPU s, "
             f"peak RSS {pipeline.peak_rss / 2**20:.0f} MiB; {stored:,} samples stored in "
-            f"{figures.get('pages', '?')} pages (simulator CPU {pipeline_sim_cpu:.2f}s); "
+            f"{figures.get('pages', '?')} pages (simulator CPU {pipeline_sim_cpu:.2f}s"
+            + (f", PostgreSQL server CPU {instance_server_cpu:.2f}s" if pg else "") + "); "
             f"ratio {pipeline.wall / floor.seconds:.2f} (run/floor "
             f"{figures['run_seconds'] / floor.seconds:.2f})"
         )
@@ -182,6 +211,11 @@ def main() -> None:
         "--code", default=None, metavar="DIR",
         help="measure the pipeline of another checkout (e.g. `git worktree add /tmp/old <commit>`)",
     )
+    parser.add_argument(
+        "--instance", choices=INSTANCES, default=SQLITE_INSTANCE,
+        help="the Dagster instance's storage: the shipped SQLite files, or PostgreSQL "
+             "(deploy/postgres/dagster.yaml, on a server started for the benchmark)",
+    )
     args = parser.parse_args()
 
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -191,7 +225,8 @@ def main() -> None:
     load_before = load_average()
     print(f"site {SITE!r}: {args.points} points x 1/min, {start:%Y-%m-%d %H:%M} .. "
           f"{end:%Y-%m-%d %H:%M} UTC, {expected:,} samples; load {load_before:.1f}")
-    results = [measure_day(server, args, start, end) for server in servers]
+    with pg_instances() if args.instance == PG_INSTANCE else nullcontext() as pg:
+        results = [measure_day(server, args, start, end, pg) for server in servers]
     old = None
     if not args.skip_old:
         old = old_design_seconds(results[0].duckdb_path, start, end)
@@ -199,7 +234,8 @@ def main() -> None:
               f"{old[1]:,} rows")
     load = max(load_before, load_average())
 
-    window = f"{args.points}x{args.hours:g}h" + (f" ({args.home_base})" if args.home_base else "")
+    window = (f"{args.points}x{args.hours:g}h" + (" pg-instance" if args.instance == PG_INSTANCE else "")
+              + (f" ({args.home_base})" if args.home_base else ""))
     lines = []
     for r in results:
         ratio = r.pipeline.wall / r.floor.seconds
@@ -207,10 +243,13 @@ def main() -> None:
         if old is not None and r.server == RENDER:
             old_cell = f"{old[0]:.1f} ({old[0] / r.pipeline.wall:.1f}x)"
         tick = f"{r.tick[0]:.1f} / {r.tick[1]:.1f}" if r.tick else "-"
+        cpu = f"{r.pipeline.cpu:.1f}" + (
+            f" (+{r.instance_server_cpu:.1f} server)" if r.instance_server_cpu is not None else ""
+        )
         lines.append(
             f"| {datetime.now(UTC):%Y-%m-%d} | {commit(args.code)} | {window} | {r.server} | "
             f"{r.floor.seconds:.2f} | {r.pipeline.wall:.1f} ({r.figures['run_seconds']:.1f}) | "
-            f"{ratio:.2f} | {r.stored / r.pipeline.wall:,.0f} | {r.pipeline.cpu:.1f} | "
+            f"{ratio:.2f} | {r.stored / r.pipeline.wall:,.0f} | {cpu} | "
             f"{r.pipeline.peak_rss / 2**20:.0f} | {r.table_bytes / max(r.stored, 1):.1f} | "
             f"{r.floor_sim_cpu:.1f} / {r.pipeline_sim_cpu:.1f} | {old_cell} | {tick} | {load:.1f} |"
         )
@@ -242,7 +281,10 @@ CPU s and peak RSS of the CLI process (os.wait4); B/sample = timeseries table bl
 simulator CPU s during the floor / the pipeline (the simulator shares the 2 cores); old design =
 SQLite INSERT OR REPLACE in 1,000-row batches from parsed rows (s, and old / pipeline); live tick
 = 3 partitions on the stored day, run start -> end / CLI wall (s); load = highest 1-min load
-average seen (2 cores, shared).
+average seen (2 cores, shared). `pg-instance` in site x window: the Dagster instance on PostgreSQL
+(deploy/postgres/dagster.yaml, `--instance postgres`; a server on the same cores, fsync on), the
+shipped SQLite one otherwise; its CPU s cell adds the server's CPU during the pipeline
+(`+N server`).
 
 """
 HEADER = (
