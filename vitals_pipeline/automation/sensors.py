@@ -175,7 +175,8 @@ def plan_catchup(
             marker = marker_for(gap, planned)
             failed = any(status.get(k) == dg.AssetPartitionStatus.FAILED for k in gap.keys)
             if failed and marker > last_materialized:
-                age = _seconds_since_attempt_ended(instance, key, marker)
+                newest = next(k for k in gap.keys if planned.get(k) == marker)
+                age = _seconds_since_attempt_ended(instance, key, newest)
                 if age is not None and age < retry_after.total_seconds():
                     plan.held.append(
                         f"{schema_name(site)} {gap.first}...{gap.last} failed {age / 60:.0f} min ago "
@@ -213,21 +214,13 @@ def plan_catchup(
     return plan
 
 
-def _seconds_since_attempt_ended(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, planned_storage_id: int
-) -> float | None:
-    """Seconds since the run that planned event `planned_storage_id` ended (None: unknown/unended)."""
-    records = instance.fetch_planned_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=asset_key,
-            after_storage_id=planned_storage_id - 1,
-            before_storage_id=planned_storage_id + 1,
-        ),
-        limit=1,
-    ).records
-    if not records:
+def _seconds_since_attempt_ended(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str) -> float | None:
+    """Seconds since the run that last planned `partition` of `asset_key` ended (None: unknown or
+    not ended)."""
+    planned = instance.get_latest_planned_materialization_info(asset_key, partition)
+    if planned is None:
         return None
-    run = instance.get_run_record_by_id(records[0].run_id)
+    run = instance.get_run_record_by_id(planned.run_id)
     if run is None or run.end_time is None:
         return None
     return time.time() - run.end_time
