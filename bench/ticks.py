@@ -142,7 +142,7 @@ def main() -> int:
                 )
 
                 results: dict[str, list[float]] = {}
-                schedule = defs.get_schedule_def(SCHEDULE_NAME)
+                schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
                 for _ in range(args.rounds):
                     with dg.build_schedule_context(instance=instance, scheduled_execution_time=now) as ctx:
                         t = time.perf_counter()
@@ -157,7 +157,7 @@ def main() -> int:
                 if sensors.tick_due_within(moment, automation.schedule_cron, sensors.HOLD_BEFORE_TICK):
                     moment -= timedelta(seconds=70)
                 sensors._utcnow = lambda: moment  # the sensor's documented seam
-                sensor = defs.get_sensor_def(sensors.CATCHUP_SENSOR_NAME)
+                sensor = defs.resolve_sensor_def(sensors.CATCHUP_SENSOR_NAME)
                 for i in range(args.rounds + 1):
                     with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:
                         t = time.perf_counter()

@@ -225,7 +225,7 @@ def test_definitions_register_fleet_automation(pipeline_env, monkeypatch):
     # One schedule and one catch-up sensor for the whole fleet, not one per site.
     assert sorted(s.name for s in defs.schedules) == [SCHEDULE_NAME, "vitals_prune_schedule"]
     assert {s.name for s in defs.sensors} >= {CATCHUP_SENSOR_NAME, ALERT_SENSOR_NAME}
-    schedule = defs.get_schedule_def(SCHEDULE_NAME)
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     assert schedule.cron_schedule == "1-59/5 * * * *"
     assert schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -287,7 +287,7 @@ def test_shipped_dagster_yaml_limits_the_duckdb_pool_to_one(tmp_path, monkeypatc
 
 
 def evaluate_schedule(defs, moment: datetime):
-    schedule = defs.get_schedule_def(SCHEDULE_NAME)
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     with dg.instance_for_test() as instance, dg.build_schedule_context(
         instance=instance, scheduled_execution_time=moment
     ) as context:
@@ -343,7 +343,7 @@ def test_schedule_clamps_at_partitions_start_and_skips_before(pipeline_env, monk
 
 def test_schedule_cron_override(pipeline_env, monkeypatch):
     monkeypatch.setenv("VITALS_SCHEDULE_CRON", "* * * * *")
-    assert defs_from_env().get_schedule_def(SCHEDULE_NAME).cron_schedule == "* * * * *"
+    assert defs_from_env().resolve_schedule_def(SCHEDULE_NAME).cron_schedule == "* * * * *"
 
 
 def test_schedule_run_executes_its_range(live):
@@ -364,7 +364,7 @@ def test_schedule_run_executes_its_range(live):
 
 
 def evaluate_catchup(instance, defs):
-    sensor = defs.get_sensor_def(CATCHUP_SENSOR_NAME)
+    sensor = defs.resolve_sensor_def(CATCHUP_SENSOR_NAME)
     with dg.build_sensor_context(instance=instance, definitions=defs) as context:
         return sensor.evaluate_tick(context)
 
@@ -511,7 +511,7 @@ def test_catchup_never_lists_all_partition_keys(live, monkeypatch):
 
 
 def evaluate_alerts(instance, defs, cursor=None):
-    sensor = defs.get_sensor_def(ALERT_SENSOR_NAME)
+    sensor = defs.resolve_sensor_def(ALERT_SENSOR_NAME)
     with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor) as context:
         data = sensor.evaluate_tick(context)
     return data

@@ -502,7 +502,7 @@ def test_quality_daily_materializes_once_its_day_is_complete(sim, with_points, m
     # which keeps this test short; a full day's mapping is checked above.
     monkeypatch.setenv("VITALS_PARTITIONS_START", "2026-03-09-20:00")
     defs = build_definitions(Settings.from_env())
-    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
+    sensor = defs.resolve_sensor_def(ROLLUP_SENSOR)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     daily = quality_daily_key(SITE)
     cursor = json.dumps({"updated_after": 0, "seen": []})

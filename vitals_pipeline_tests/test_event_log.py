@@ -67,11 +67,10 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> dict:
         ),
         # What partition status and the catch-up sensor read: the index (asset queries).
         "planned_partitions": sorted(
-            r.partition_key
-            for r in instance.fetch_planned_materializations(
-                dg.AssetRecordsFilter(asset_key=key), limit=1000
-            ).records
-            if r.run_id == run_id
+            partition
+            for partition in window_for_keys(FIRST, LAST).partition_keys()
+            if (planned := instance.get_latest_planned_materialization_info(key, partition))
+            and planned.run_id == run_id
         ),
         "last_run_id": record.asset_entry.last_run_id,
         "latest_partition": latest.dagster_event.partition,

@@ -293,7 +293,7 @@ def test_fleet_status_in_the_ui_names_the_site_that_is_behind(fleet, monkeypatch
         "vitals_pipeline.automation.fleet_status.datetime",
         type("frozen", (), {"now": staticmethod(lambda tz=None: partition_start(LAST) + timedelta(minutes=6))}),
     )
-    sensor = defs.get_sensor_def(FLEET_STATUS_SENSOR)
+    sensor = defs.resolve_sensor_def(FLEET_STATUS_SENSOR)
     with dg.build_sensor_context(instance=fleet.instance, definitions=defs) as context:
         result = sensor.evaluate_tick(context)
     [observation] = result.asset_events

@@ -149,7 +149,7 @@ def reference(path):
 
 def stored_hourly(path):
     with duckdb.connect(path, read_only=True) as con:
-        table = con.execute(f"SELECT * FROM {SITE}.timeseries_hourly ORDER BY hour, point").to_arrow_table()
+        table = con.sql(f"SELECT * FROM {SITE}.timeseries_hourly ORDER BY hour, point").to_arrow_table()
     return {(r["point"], r["hour"]): r for r in table.to_pylist()}
 
 
@@ -242,7 +242,7 @@ def test_a_late_refetch_of_a_past_hour_rolls_that_hour_up_again(sim, pipeline_en
     instance = dg.DagsterInstance.ephemeral()
     defs = build_definitions(Settings.from_env())
     fleet_job = defs.resolve_job_def(FLEET_JOB)
-    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
+    sensor = defs.resolve_sensor_def(ROLLUP_SENSOR)
     cursor = json.dumps({"updated_after": 0, "seen": []})
 
     def tick() -> list[dg.RunRequest]:
@@ -276,7 +276,7 @@ def test_the_rollup_sensor_runs_by_default_and_targets_every_site(pipeline_env, 
     monkeypatch.setenv("ACE_SITES", f"{SITE},other_site")
     monkeypatch.delenv("VITALS_CHECKS")  # the default: quality on, so quality_daily exists too
     defs = build_definitions(Settings.from_env())
-    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
+    sensor = defs.resolve_sensor_def(ROLLUP_SENSOR)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     graph = defs.resolve_asset_graph()
     targeted = {

@@ -199,7 +199,7 @@ def test_a_schedule_tick_asks_for_one_run_for_every_site_with_one_step_per_shard
     defs = build_definitions(Settings.from_env())
     names = sorted(s.name for s in defs.schedules or [])
     assert names == [SCHEDULE_NAME, "vitals_prune_schedule"], "one schedule for the fleet (+ pruning)"
-    schedule = defs.get_schedule_def(SCHEDULE_NAME)
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     tick = datetime(2026, 3, 10, 11, 1, tzinfo=UTC)
     with dg.instance_for_test() as instance:
         # A context opened with `with` closes the instance it resolves (unclosed, it leaves

@@ -109,7 +109,7 @@ def test_a_tick_that_completes_an_hour_rolls_it_up_for_the_sites_it_stored(fleet
     tick = run(defs, instance, FLEET_JOB, first="2026-03-10-10:55", last="2026-03-10-11:05")
     assert not tick.success  # the broken site fails; the others are stored
 
-    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
+    sensor = defs.resolve_sensor_def(ROLLUP_SENSOR)
     with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor) as context:
         result = sensor.evaluate_tick(context)
     [request] = result.run_requests
@@ -145,7 +145,7 @@ def test_the_tick_that_completes_a_day_asks_for_its_archive_and_daily_quality(fl
     defs, instance, _ = fleet
     run(defs, instance, FLEET_JOB, first="2026-03-09-23:55", last="2026-03-10-00:05")
     plan, cursor = plan_rollups(instance, None, datetime.now(UTC).timestamp())
-    sensor = defs.get_sensor_def(ROLLUP_SENSOR)
+    sensor = defs.resolve_sensor_def(ROLLUP_SENSOR)
     with dg.build_sensor_context(instance=instance, definitions=defs) as context:
         result = sensor.evaluate_tick(context)
     daily = [r for r in result.run_requests if r.job_name == DAILY_JOB]

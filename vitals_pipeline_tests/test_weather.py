@@ -78,7 +78,7 @@ def test_current_conditions_are_stored_once_per_reading_time(sim, pipeline_env):
 
 def schedule_ticks(defs, minutes, hour=12):
     """The assets each tick of the fleet schedule asks for (at HH:MM for each of `minutes`)."""
-    schedule = defs.get_schedule_def(SCHEDULE_NAME)
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     asked = []
     with dg.instance_for_test() as instance:
         for minute in minutes:

@@ -24,7 +24,7 @@ import dagster as dg
 import duckdb
 
 from vitals_pipeline.assets.fleet import SiteFailures, selected_sites
-from vitals_pipeline.assets.keys import archive_key, daily_partitions, timeseries_dep, timeseries_key
+from vitals_pipeline.assets.keys import DAILY_BACKFILL, archive_key, daily_partitions, timeseries_dep, timeseries_key
 from vitals_pipeline.config import Settings
 from vitals_pipeline.storage import qualified_name, schema_name
 from vitals_pipeline.storage.duckdb_io import naive_utc, table_exists
@@ -183,6 +183,7 @@ def build_archive_asset(settings: Settings) -> dg.AssetsDefinition:
         specs=specs,
         check_specs=checks,
         partitions_def=daily_partitions(settings),
+        backfill_policy=DAILY_BACKFILL,  # each day is its own file and check result
         can_subset=True,
         # Holds the DuckDB file open while it writes the day.
         pool="duckdb",

@@ -41,6 +41,11 @@ def daily_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
     )
 
 
+# The daily assets (archive, daily quality) backfill one day per run. One policy for both: the
+# fleet_daily job runs them together, and mixed policies make Dagster warn on every load.
+DAILY_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+
 def timeseries_key(site: str) -> dg.AssetKey:
     return dg.AssetKey([schema_name(site), "timeseries"])
 

@@ -32,7 +32,13 @@ import duckdb
 import pyarrow as pa
 
 from vitals_pipeline.assets.fleet import SiteFailures, output_name, selected_sites
-from vitals_pipeline.assets.keys import daily_partitions, quality_daily_key, timeseries_dep, timeseries_key
+from vitals_pipeline.assets.keys import (
+    DAILY_BACKFILL,
+    daily_partitions,
+    quality_daily_key,
+    timeseries_dep,
+    timeseries_key,
+)
 from vitals_pipeline.checks.quality import QUALITY_TABLE, table_exists
 from vitals_pipeline.checks.rules import DOWN, FAULT, OK, UNKNOWN
 from vitals_pipeline.checks.thresholds import QualityThresholds
@@ -171,7 +177,9 @@ def build_quality_daily_asset(settings: Settings, thresholds: QualityThresholds)
         name=DAILY_TABLE,
         outs=outs,
         partitions_def=daily_partitions(settings),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        # One day per run (see keys.DAILY_BACKFILL); the body still takes a range of days, for
+        # a run launched with range tags.
+        backfill_policy=DAILY_BACKFILL,
         can_subset=True,
         pool="duckdb",
         deps=[timeseries_dep(site) for site in sites],  # a day depends on its 288 partitions
