@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from datetime import timedelta
 
 import dagster as dg
@@ -202,6 +203,18 @@ def test_a_site_still_failing_after_the_clients_retries_is_not_retried_by_the_st
     assert server.stats["statuses"] == {503: 2}, server.stats
     fleet = build_definitions(Settings.from_env()).resolve_assets_def(timeseries_key(SITE))
     assert fleet.op.retry_policy is None
+
+
+def test_every_job_resolves_without_a_dagster_warning(pipeline_env, monkeypatch):
+    """A job whose assets have different backfill policies (fleet_daily: the archive and the
+    daily quality) makes Dagster warn on every definitions load, in every CLI command."""
+    monkeypatch.delenv("VITALS_CHECKS", raising=False)  # the default: quality_daily exists too
+    defs = build_definitions(Settings.from_env())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jobs = defs.get_repository_def().get_all_jobs()
+    assert "fleet_daily" in {job.name for job in jobs}
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
 
 
 def test_definitions_load_without_a_key(pipeline_env, monkeypatch):
